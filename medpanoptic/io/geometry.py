@@ -1,0 +1,172 @@
+"""The one place where voxel indices meet patient coordinates.
+
+Conventions:
+- Arrays are indexed (i, j, k) = (column, row, slice), as MONAI and NIfTI do; SimpleITK's
+  numpy views are (k, j, i) and are transposed here, nowhere else.
+- `MetaTensor.affine` maps (i, j, k, 1) to RAS millimetres. DICOM and ITK speak LPS: the
+  conversion is `LPS_TO_RAS`, applied in this module only.
+- Affines are always 4x4, for 2D images too (the third axis is a unit normal), so that a 2D
+  pixel (i, j) still has a patient position (i, j, 0).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import GeometryError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""Flips the first two patient axes; its own inverse, so it also maps RAS to LPS."""
+
+ORTHONORMAL_TOLERANCE = 1e-4
+
+
+def affine_from_lps(origin: Sequence[float], spacing: Sequence[float], direction: Sequence[float]) -> np.ndarray:
+    """RAS affine (4x4) from an ITK/DICOM-style LPS origin, spacing and row-major direction matrix."""
+    n = len(origin)
+    if n not in (2, 3) or len(spacing) != n or len(direction) != n * n:
+        raise GeometryError(None, f"geometry needs 2 or 3 axes, got origin {origin}, spacing {spacing}")
+    lps = np.eye(4)
+    lps[:n, :n] = np.asarray(direction, dtype=float).reshape(n, n) * np.asarray(spacing, dtype=float)
+    lps[:n, 3] = origin
+    return LPS_TO_RAS @ lps
+
+
+def lps_from_affine(affine: np.ndarray, ndim: int) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(origin, spacing, row-major direction) in LPS for an `ndim`-D image with a 4x4 RAS affine."""
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
+    if ndim == 2 and (np.abs(lps[2, :2]).max() > 1e-6 or np.abs(lps[:2, 2]).max() > 1e-6):
+        raise GeometryError(None, "a 2D image's affine must keep its plane in x-y to be written by ITK")
+    m = lps[:ndim, :ndim]
+    spacing = np.linalg.norm(m, axis=0)
+    if np.any(spacing <= 0):
+        raise GeometryError(None, f"affine has a zero-length axis: {affine.tolist()}")
+    direction = m / spacing
+    return tuple(lps[:ndim, 3].tolist()), tuple(spacing.tolist()), tuple(direction.ravel().tolist())
+
+
+def spacing_from_affine(affine: np.ndarray, ndim: int = 3) -> np.ndarray:
+    """Voxel size in mm along each array axis."""
+    return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :ndim], axis=0)
+
+
+def voxel_to_ras(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """Patient RAS mm of voxel indices `ijk` of shape (..., 2 or 3)."""
+    ijk = np.asarray(ijk, dtype=float)
+    a = np.asarray(affine, dtype=float)
+    n = ijk.shape[-1]
+    return ijk @ a[:3, :n].T + a[:3, 3]
+
+
+def voxel_to_lps(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """Patient LPS mm (DICOM's frame) of voxel indices `ijk`."""
+    return voxel_to_ras(affine, ijk) * np.array([-1.0, -1.0, 1.0])
+
+
+def check_orthonormal(direction: np.ndarray, source: str | None = None) -> None:
+    """Refuse sheared or scaled direction cosines: they mean a geometry we would silently get wrong."""
+    d = np.asarray(direction, dtype=float)
+    if not np.allclose(d.T @ d, np.eye(d.shape[1]), atol=ORTHONORMAL_TOLERANCE):
+        raise GeometryError(source, f"direction cosines are not orthonormal (sheared geometry): {d.round(6).tolist()}")
+
+
+def affine_from_dicom_planes(
+    first_position: Sequence[float],
+    orientation: Sequence[float],
+    pixel_spacing: Sequence[float],
+    slice_step: Sequence[float],
+) -> np.ndarray:
+    """RAS affine of a stack of DICOM planes, array axes (column, row, slice).
+
+    `orientation` is ImageOrientationPatient (row cosines then column cosines, LPS),
+    `pixel_spacing` is PixelSpacing (between rows, between columns), `slice_step` is the
+    LPS vector from one plane's position to the next one's.
+    """
+    row_cos = np.asarray(orientation[:3], dtype=float)
+    col_cos = np.asarray(orientation[3:6], dtype=float)
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * float(pixel_spacing[1])
+    lps[:3, 1] = col_cos * float(pixel_spacing[0])
+    lps[:3, 2] = np.asarray(slice_step, dtype=float)
+    lps[:3, 3] = np.asarray(first_position, dtype=float)
+    return LPS_TO_RAS @ lps
+
+
+def dicom_planes_from_affine(affine: np.ndarray) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
+    """(ImageOrientationPatient, PixelSpacing, first ImagePositionPatient, LPS slice step) of a RAS affine."""
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
+    col_step, row_step = lps[:3, 0], lps[:3, 1]
+    dx, dy = float(np.linalg.norm(col_step)), float(np.linalg.norm(row_step))
+    orientation = np.concatenate([col_step / dx, row_step / dy]).tolist()
+    return orientation, [dy, dx], lps[:3, 3].copy(), lps[:3, 2].copy()
+
+
+SLICE_SPACING_TOLERANCE = 0.01
+"""Allowed relative deviation of one slice step from the median step before a stack is refused."""
+
+
+def affine_from_plane_stack(
+    positions: np.ndarray,
+    orientations: np.ndarray,
+    pixel_spacing: Sequence[float],
+    source: str | None = None,
+    single_slice_thickness: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a stack of DICOM planes and return (RAS affine, order of the planes along the normal).
+
+    `positions` is (n, 3) ImagePositionPatient and `orientations` (n, 6) ImageOrientationPatient
+    of each plane, in LPS mm. Refused, with the reason: planes of different orientations,
+    sheared stacks (gantry tilt), two planes at one position, missing planes and non-uniform
+    spacing — each of them would give a volume whose voxels are not where the patient was.
+    """
+    positions = np.asarray(positions, dtype=float).reshape(-1, 3)
+    orientations = np.asarray(orientations, dtype=float).reshape(-1, 6)
+    if not np.allclose(orientations, orientations[0], atol=ORTHONORMAL_TOLERANCE):
+        distinct = np.unique(orientations.round(4), axis=0)
+        raise GeometryError(source, f"the slices have {len(distinct)} different orientations; it is not one volume")
+    row_cos, col_cos = orientations[0, :3], orientations[0, 3:]
+    check_orthonormal(np.stack([row_cos, col_cos], axis=1), source)
+    normal = np.cross(row_cos, col_cos)
+    depth = positions @ normal
+    order = np.argsort(depth, kind="stable")
+    depth, positions = depth[order], positions[order]
+    n = len(positions)
+    if n == 1:
+        step = normal * (single_slice_thickness or 1.0)
+        return affine_from_dicom_planes(positions[0], orientations[0], pixel_spacing, step), order
+
+    steps = np.diff(depth)
+    if np.any(steps < 1e-3):
+        k = int(np.argmin(steps))
+        raise GeometryError(
+            source, f"two slices lie at the same position ({depth[k]:.3f} mm along the normal): "
+            "several acquisitions, phases or echoes share this series"
+        )
+    median = float(np.median(steps))
+    off = np.abs(steps - median) > SLICE_SPACING_TOLERANCE * median + 1e-3
+    if np.any(off):
+        k = int(np.flatnonzero(off)[0])
+        ratio = steps[k] / median
+        if abs(ratio - round(ratio)) < 0.05 and round(ratio) >= 2:
+            raise GeometryError(
+                source, f"{int(round(ratio)) - 1} missing slice(s) between positions {depth[k]:.2f} and "
+                f"{depth[k + 1]:.2f} mm (step {steps[k]:.2f} mm, elsewhere {median:.2f} mm)"
+            )
+        raise GeometryError(
+            source, f"non-uniform slice spacing: steps from {steps.min():.3f} to {steps.max():.3f} mm"
+        )
+    step = (positions[-1] - positions[0]) / (n - 1)
+    in_plane = step - normal * (step @ normal)
+    shear = float(np.linalg.norm(in_plane))
+    if shear > 1e-3 * max(1.0, median) and shear > 1e-4:
+        tilt = float(np.degrees(np.arctan2(shear, step @ normal)))
+        raise GeometryError(
+            source, f"sheared slice stack (gantry tilt of {tilt:.2f} degrees): slices shift {shear:.3f} mm "
+            "in-plane per slice; resample it to an orthogonal grid first"
+        )
+    drift = positions - (positions[0] + np.outer(np.arange(n), step))
+    if np.abs(drift).max() > SLICE_SPACING_TOLERANCE * median + 1e-3:
+        raise GeometryError(source, "slice positions do not lie on one straight line")
+    return affine_from_dicom_planes(positions[0], orientations[0], pixel_spacing, step), order

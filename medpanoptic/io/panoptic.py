@@ -1,0 +1,201 @@
+"""Panoptic results on disk: `<stem>_label.nii.gz`, `<stem>_instance.nii.gz` and `<stem>_panoptic.json`.
+
+The two maps are written on the exact source grid as unscaled integers (slope 1, intercept 0);
+the JSON carries the label set and one entry per instance. Optionally the pair also goes
+into one two-component NIfTI (vector intent), `<stem>_pair.nii.gz`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+
+from ..errors import GeometryError, InputError, PanopticError
+from ..labels import LabelSet
+from ..pair import INSTANCE, LABEL, check_pair, instance_summary, instances_from_semantic, make_pair
+from .atomic import atomic_paths
+from .itk import array_from_sitk
+from .nifti import write_nifti
+from .scan import make_meta_tensor
+
+FORMAT_NAME = "medpanoptic.panoptic"
+FORMAT_VERSION = 1
+SUFFIXES = {"label": "_label.nii.gz", "instance": "_instance.nii.gz", "json": "_panoptic.json", "pair": "_pair.nii.gz"}
+
+
+def panoptic_paths(stem: str | os.PathLike) -> dict[str, Path]:
+    """The file names of a panoptic result with this stem."""
+    stem = os.fspath(stem)
+    return {key: Path(stem + suffix) for key, suffix in SUFFIXES.items()}
+
+
+def _smallest_uint(max_value: int) -> type:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dtype).max:
+            return dtype
+    raise PanopticError(f"ids up to {max_value} do not fit 32 bits")
+
+
+def write_panoptic(
+    pair: torch.Tensor,
+    stem: str | os.PathLike,
+    label_set: LabelSet,
+    *,
+    single_file: bool = False,
+    compress: bool = True,
+    extra: dict | None = None,
+) -> dict[str, Path]:
+    """Write a panoptic pair and its label set; all files appear together or none does.
+
+    `pair` is a (2, *spatial) integer MetaTensor on the source grid (its affine is written as
+    the NIfTI geometry). With `single_file`, the pair is also written as one two-component
+    NIfTI. `extra` goes into the JSON (e.g. the bundle and the source scan). Returns the paths.
+    """
+    check_pair(pair, label_set)
+    affine = np.asarray(pair.affine if isinstance(pair, MetaTensor) else np.eye(4), dtype=float)
+    arr = np.asarray(pair.detach().cpu())
+    label = arr[LABEL].astype(_smallest_uint(int(arr[LABEL].max(initial=0))), copy=False)
+    instance = arr[INSTANCE].astype(_smallest_uint(max(int(arr[INSTANCE].max(initial=0)), 255)), copy=False)
+    paths = panoptic_paths(stem)
+    document = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "label_set": label_set.to_dict(),
+        "shape": list(label.shape),
+        "affine_ras": affine.tolist(),
+        "instances": instance_summary(arr, affine, label_set),
+        **(extra or {}),
+    }
+    keys = ["label", "instance", "json"] + (["pair"] if single_file else [])
+    with atomic_paths(*(paths[k] for k in keys)) as temps:
+        tmp = dict(zip(keys, temps))
+        write_nifti(tmp["label"], label, affine, compress=compress)
+        write_nifti(tmp["instance"], instance, affine, compress=compress)
+        if single_file:
+            both = np.stack([label.astype(instance.dtype), instance])
+            write_nifti(tmp["pair"], both, affine, vector=True, compress=compress)
+        tmp["json"].write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    return {k: paths[k] for k in keys}
+
+
+def _read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(path, f"cannot read: {str(e).strip().splitlines()[-1]}") from None
+    array, affine = array_from_sitk(image, str(path))
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(array == np.round(array)):
+            raise InputError(path, "a label or instance map must hold whole numbers")
+        array = array.astype(np.int64)
+    return array, affine
+
+
+def _same_grid(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], path: Path) -> None:
+    if a[0].shape[1:] != b[0].shape[1:] or not np.allclose(a[1], b[1], atol=1e-4):
+        raise GeometryError(path, "the label map and the instance map are not on the same grid")
+
+
+def read_panoptic(
+    path: str | os.PathLike,
+    label_set: LabelSet | None = None,
+    thing_classes: Iterable[int] | None = None,
+    connectivity: int | None = None,
+) -> tuple[MetaTensor, LabelSet]:
+    """Read a panoptic result back as (pair MetaTensor, LabelSet).
+
+    `path` may be a stem written by `write_panoptic` (or any of its files), a two-component
+    pair file, or a single semantic label map. For a semantic map the thing classes come
+    from `label_set` or `thing_classes`, and instances are their connected components
+    (full connectivity unless `connectivity` says otherwise) — the Decathlon case.
+    """
+    path = Path(path)
+    for key, suffix in SUFFIXES.items():
+        if path.name.endswith(suffix) and key != "pair":
+            path = Path(str(path)[: -len(suffix)])
+            break
+    paths = panoptic_paths(path)
+    if paths["label"].exists():
+        return _read_stem(paths, label_set)
+    if not path.exists():
+        raise InputError(path, "no such panoptic result (expected this file or <stem>_label.nii.gz)")
+    array, affine = _read_map(path)
+    if array.shape[0] == 2:
+        pair = make_meta_tensor(array, affine, {"filename_or_obj": str(path)})
+        label_set = label_set or _label_set_beside(path) or _guess_label_set(array[LABEL], array[INSTANCE])
+        return _checked(pair, label_set, path)
+    if array.shape[0] != 1:
+        raise InputError(path, f"expected a label map or a two-component pair, found {array.shape[0]} components")
+    label = array[0]
+    if label_set is None:
+        if thing_classes is None:
+            raise InputError(path, "a semantic label map needs a label set or thing_classes to know which classes are things")
+        label_set = _guess_label_set(label, None, thing_classes)
+    instance = instances_from_semantic(label, label_set.thing_ids, connectivity)
+    pair = make_meta_tensor(np.stack([label.astype(np.int32), instance]), affine, {"filename_or_obj": str(path)})
+    return _checked(pair, label_set, path)
+
+
+def _read_stem(paths: dict[str, Path], label_set: LabelSet | None) -> tuple[MetaTensor, LabelSet]:
+    label = _read_map(paths["label"])
+    if not paths["instance"].exists():
+        raise InputError(paths["instance"], "missing: a panoptic result needs its instance map beside the label map")
+    instance = _read_map(paths["instance"])
+    _same_grid(label, instance, paths["instance"])
+    if label_set is None:
+        label_set = _label_set_beside(paths["json"])
+        if label_set is None:
+            raise InputError(paths["json"], "missing: pass label_set explicitly")
+    data = np.concatenate([label[0], instance[0]]).astype(np.int32)
+    pair = make_meta_tensor(data, label[1], {"filename_or_obj": str(paths["label"])})
+    return _checked(pair, label_set, paths["label"])
+
+
+def _label_set_beside(path: Path) -> LabelSet | None:
+    json_path = path if path.name.endswith(SUFFIXES["json"]) else None
+    if json_path is None:
+        stem = str(path)
+        for suffix in (SUFFIXES["pair"], ".nii.gz", ".nii"):
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        json_path = Path(stem + SUFFIXES["json"])
+    if not json_path.exists():
+        return None
+    try:
+        document = json.loads(json_path.read_text(encoding="utf-8"))
+        return LabelSet.from_dict(document["label_set"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(json_path, f"not a medpanoptic panoptic JSON ({e})") from None
+
+
+def _guess_label_set(label: np.ndarray, instance: np.ndarray | None, thing_classes: Iterable[int] | None = None) -> LabelSet:
+    """A label set for ids found on disk: things are the given classes, or those carrying instance ids."""
+    from ..labels import PALETTE, LabelClass
+
+    ids = [int(v) for v in np.unique(label) if v != 0]
+    if thing_classes is not None:
+        things = {int(c) for c in thing_classes}
+    else:
+        things = {int(v) for v in np.unique(label[instance > 0])} if instance is not None else set()
+    classes = tuple(
+        LabelClass(i, f"class {i}", "thing" if i in things else "stuff", PALETTE[(i - 1) % len(PALETTE)])
+        for i in sorted(set(ids) | things)
+    )
+    return LabelSet(classes)
+
+
+def _checked(pair: MetaTensor, label_set: LabelSet, path: Path) -> tuple[MetaTensor, LabelSet]:
+    try:
+        check_pair(pair, label_set, source=str(path))
+    except PanopticError as e:
+        raise InputError(path, str(e).removeprefix(f"{path}: ")) from None
+    return pair, label_set
+

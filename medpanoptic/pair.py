@@ -1,0 +1,163 @@
+"""The panoptic pair: a (2, *spatial) integer MetaTensor, channel 0 = label, channel 1 = instance.
+
+Helpers to build and check pairs, to encode them as one integer per voxel
+(`label * divisor + instance`), and to summarise their instances.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from .errors import PanopticError
+from .labels import LabelSet
+
+LABEL, INSTANCE = 0, 1
+"""Channel indices of the pair."""
+
+PANOPTIC_DIVISOR = 1000
+"""Default divisor of the single-integer encoding (Cityscapes / Panoptic-DeepLab convention)."""
+
+
+def make_pair(label, instance, affine=None, meta: dict | None = None) -> MetaTensor:
+    """Stack a label map and an instance map (spatial arrays of one shape) into a pair MetaTensor."""
+    label_t = torch.as_tensor(np.asarray(label) if not torch.is_tensor(label) else label)
+    instance_t = torch.as_tensor(np.asarray(instance) if not torch.is_tensor(instance) else instance)
+    if label_t.shape != instance_t.shape:
+        raise PanopticError(f"label map {tuple(label_t.shape)} and instance map {tuple(instance_t.shape)} differ in shape")
+    dtype = torch.int32 if max(_max(label_t), _max(instance_t)) <= 2**31 - 1 else torch.int64
+    data = torch.stack([label_t.as_subclass(torch.Tensor).to(dtype), instance_t.as_subclass(torch.Tensor).to(dtype)])
+    if affine is None and isinstance(label, MetaTensor):
+        affine = label.affine
+    pair = MetaTensor(data, affine=affine, meta=dict(meta or {}))
+    return pair
+
+
+def _max(t: torch.Tensor) -> int:
+    return int(t.max()) if t.numel() else 0
+
+
+def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: str = "panoptic pair") -> None:
+    """Refuse a malformed pair: shape, dtype, negative ids, instances on background or stuff, unknown labels."""
+    if pair.ndim not in (3, 4) or pair.shape[0] != 2:
+        raise PanopticError(f"{source}: expected shape (2, *spatial) with 2 or 3 spatial axes, got {tuple(pair.shape)}")
+    if pair.dtype.is_floating_point or pair.dtype == torch.bool:
+        raise PanopticError(f"{source}: expected an integer dtype, got {pair.dtype}")
+    label, instance = pair[LABEL], pair[INSTANCE]
+    if pair.numel() and int(pair.min()) < 0:
+        raise PanopticError(f"{source}: negative label or instance ids")
+    if bool(((label == 0) & (instance != 0)).any()):
+        raise PanopticError(f"{source}: instance ids on background (label 0) voxels")
+    if label_set is not None:
+        present = torch.unique(label).tolist()
+        unknown = [int(v) for v in present if v != 0 and v not in label_set]
+        if unknown:
+            raise PanopticError(f"{source}: label ids {unknown} are not in the label set {label_set.ids}")
+        stuff = label_set.stuff_ids
+        if stuff and bool((torch.isin(label, torch.as_tensor(stuff, device=label.device)) & (instance != 0)).any()):
+            raise PanopticError(f"{source}: stuff classes must carry instance 0")
+        things = torch.as_tensor(label_set.thing_ids or [-1], device=label.device)
+        if bool((torch.isin(label, things) & (instance == 0)).any()):
+            raise PanopticError(f"{source}: thing voxels with instance 0")
+    # an instance id names one object: it must not span two classes
+    fg = instance > 0
+    if bool(fg.any()):
+        ids, labels = instance[fg].long(), label[fg].long()
+        lo = torch.full((int(ids.max()) + 1,), torch.iinfo(torch.int64).max, device=ids.device).scatter_reduce(0, ids, labels, "amin")
+        hi = torch.full_like(lo, -1).scatter_reduce(0, ids, labels, "amax")
+        bad = torch.nonzero((hi >= 0) & (lo != hi)).flatten().tolist()
+        if bad:
+            raise PanopticError(f"{source}: instance ids {bad[:10]} span more than one class")
+
+
+def encode_panoptic(pair: torch.Tensor, divisor: int = PANOPTIC_DIVISOR) -> torch.Tensor:
+    """One integer per voxel, `label * divisor + instance`; refuses instance ids >= divisor."""
+    instance = pair[INSTANCE]
+    if instance.numel() and int(instance.max()) >= divisor:
+        raise PanopticError(
+            f"instance id {int(instance.max())} does not fit divisor {divisor}: raise the divisor "
+            f"(e.g. {10 ** len(str(int(instance.max())))}) instead of letting ids wrap"
+        )
+    return pair[LABEL].long() * divisor + instance.long()
+
+
+def decode_panoptic(panoptic: torch.Tensor, divisor: int = PANOPTIC_DIVISOR) -> torch.Tensor:
+    """Inverse of `encode_panoptic`: a (2, *spatial) int64 pair."""
+    panoptic = panoptic.long()
+    return torch.stack([panoptic // divisor, panoptic % divisor])
+
+
+def relabel_sequential(instance: np.ndarray) -> np.ndarray:
+    """Instance ids renumbered 1..N in order of first appearance along the flattened array; 0 stays 0."""
+    ids, first = np.unique(instance.ravel(), return_index=True)
+    keep = ids != 0
+    ids, first = ids[keep], first[keep]
+    order = ids[np.argsort(first)]
+    lut = np.zeros(int(instance.max()) + 1 if instance.size else 1, dtype=np.int64)
+    lut[order] = np.arange(1, len(order) + 1)
+    return lut[instance].astype(instance.dtype, copy=False)
+
+
+def instance_summary(
+    pair: torch.Tensor, affine: np.ndarray, label_set: LabelSet | None = None,
+) -> list[dict]:
+    """One entry per thing instance: id, class id/name, voxel count, volume in mm³, centroid.
+
+    Centroids are given in voxel indices and in patient millimetres (RAS and LPS). One pass:
+    counts and coordinate sums come from bincounts over the foreground voxels.
+    """
+    from .io.geometry import spacing_from_affine, voxel_to_ras
+
+    arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
+    label, instance = arr[LABEL], arr[INSTANCE]
+    ndim = label.ndim
+    fg = np.flatnonzero(instance)
+    if fg.size == 0:
+        return []
+    ids = instance.ravel()[fg].astype(np.int64)
+    n = int(ids.max()) + 1
+    counts = np.bincount(ids, minlength=n)
+    coords = np.unravel_index(fg, label.shape)
+    centroid = np.stack([np.bincount(ids, weights=c, minlength=n) for c in coords], axis=1)
+    labels = np.zeros(n, dtype=np.int64)
+    labels[ids] = label.ravel()[fg]
+    voxel_volume = float(np.prod(spacing_from_affine(affine, ndim)))
+    present = np.flatnonzero(counts)
+    centroid = centroid[present] / counts[present, None]
+    ras = voxel_to_ras(affine, centroid)
+    out = []
+    for row, inst in enumerate(present):
+        cls = int(labels[inst])
+        entry = {
+            "instance": int(inst),
+            "label": cls,
+            "class": label_set[cls].name if label_set is not None and cls in label_set else str(cls),
+            "voxels": int(counts[inst]),
+            "volume_mm3": float(counts[inst] * voxel_volume),
+            "centroid_voxel": [float(v) for v in centroid[row]],
+            "centroid_ras_mm": [float(v) for v in ras[row]],
+            "centroid_lps_mm": [float(-ras[row][0]), float(-ras[row][1]), float(ras[row][2])],
+        }
+        out.append(entry)
+    return out
+
+
+def instances_from_semantic(label: np.ndarray, thing_ids: Sequence[int], connectivity: int | None = None) -> np.ndarray:
+    """Instance map from a semantic map: connected components of each thing class, ids 1..N over all classes.
+
+    `connectivity` is cc3d's (2D: 4 or 8, 3D: 6, 18 or 26); the default is full connectivity
+    (8 or 26), which never splits a lesion that touches itself only at a corner.
+    """
+    import cc3d
+
+    label = np.asarray(label)
+    if connectivity is None:
+        connectivity = 8 if label.ndim == 2 else 26
+    things = np.where(np.isin(label, np.asarray(list(thing_ids))), label, 0)
+    if not things.any():
+        return np.zeros(label.shape, dtype=np.int32)
+    components = cc3d.connected_components(things, connectivity=connectivity)
+    return components.astype(np.int32, copy=False)
