@@ -48,8 +48,13 @@ class SeriesInfo:
         return f"{self.series_uid}  {self.modality or '?':<4} {self.n_files:>4} file(s)  {self.description!r}"
 
 
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
 def is_dicom_file(path: Path) -> bool:
-    """DICOM Part 10 files carry 'DICM' at byte 128."""
+    """DICOM Part 10 files carry 'DICM' at byte 128; older files without it are known by their suffix."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
     try:
         with open(path, "rb") as f:
             f.seek(128)
@@ -60,7 +65,7 @@ def is_dicom_file(path: Path) -> bool:
 
 def _read_header(path: Path) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError) as e:
         raise InputError(path, f"not a readable DICOM file ({e})") from None
 
@@ -199,15 +204,20 @@ def _diagnose_pixels(files: Sequence[Path]) -> None:
 
 
 def check_complete(path: Path) -> None:
-    """Refuse a file whose pixel data is shorter than its header promises (truncated transfer)."""
-    ds = pydicom.dcmread(path, defer_size=256)
+    """Refuse a file without pixel data, or whose uncompressed pixel data is shorter than its header promises."""
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as e:  # pydicom raises many types on damaged files
+        raise InputError(path, f"damaged DICOM file ({e})") from None
     if "PixelData" not in ds:
         raise InputError(path, "the file has no pixel data")
-    elem = ds.get_item("PixelData")
-    size = os.path.getsize(path)
-    if elem is not None and elem.value_tell is not None and elem.length not in (None, 0xFFFFFFFF):
-        if elem.value_tell + elem.length > size:
-            raise InputError(path, f"truncated file: pixel data needs {elem.length} bytes, {size - elem.value_tell} present")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None or not syntax.is_compressed:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
+        present = len(ds.PixelData)
+        if present < expected:
+            raise InputError(path, f"truncated file: the pixel data needs {expected} bytes, {present} are present")
 
 
 def read_enhanced(path: Path, header: pydicom.Dataset | None = None) -> DicomVolume:

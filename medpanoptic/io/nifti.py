@@ -67,3 +67,37 @@ def _write_fortran(f, array: np.ndarray, vector: bool) -> None:
             continue
         for start in range(0, comp.shape[-1], CHUNK_SLICES):
             f.write(comp[..., start:start + CHUNK_SLICES].tobytes(order="F"))
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Channel-first array and RAS affine of a NIfTI file, read by nibabel.
+
+    nibabel rather than ITK: ITK's reader silently turns NaN voxels into 0, and nibabel's
+    choice between sform and qform is the one MONAI uses. Vector images (components on the
+    fifth axis) become channels; other non-spatial axes must have length 1.
+    """
+    from ..errors import GeometryError, InputError
+    from .geometry import check_orthonormal
+
+    try:
+        image = nib.load(os.fspath(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as e:  # nibabel raises many types on damaged files
+        raise InputError(path, f"cannot read as NIfTI: {e}") from None
+    affine = np.asarray(image.affine, dtype=float)
+    if not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="))
+    shape = data.shape
+    if len(shape) == 5 and all(s == 1 for s in shape[3:4]):
+        array = np.moveaxis(data[:, :, :, 0, :], -1, 0)
+    elif len(shape) > 3:
+        if any(s != 1 for s in shape[3:]):
+            raise InputError(path, f"a 4D image of shape {shape}: only one 2D or 3D volume per file is supported")
+        array = data.reshape(shape[:3])[None]
+    else:
+        array = data[None]
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(spacing == 0):
+        raise GeometryError(path, "the affine has a zero-length axis")
+    check_orthonormal(affine[:3, :3] / spacing, os.fspath(path))
+    return array, affine

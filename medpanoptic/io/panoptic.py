@@ -22,7 +22,7 @@ from ..labels import LabelSet
 from ..pair import INSTANCE, LABEL, check_pair, instance_summary, instances_from_semantic, make_pair
 from .atomic import atomic_paths
 from .itk import array_from_sitk
-from .nifti import write_nifti
+from .nifti import read_nifti, write_nifti
 from .scan import make_meta_tensor
 
 FORMAT_NAME = "medpanoptic.panoptic"
@@ -86,11 +86,14 @@ def write_panoptic(
 
 
 def _read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(path, f"cannot read: {str(e).strip().splitlines()[-1]}") from None
-    array, affine = array_from_sitk(image, str(path))
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        array, affine = read_nifti(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            raise InputError(path, f"cannot read: {str(e).strip().splitlines()[-1]}") from None
+        array, affine = array_from_sitk(image, str(path))
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(array == np.round(array)):
             raise InputError(path, "a label or instance map must hold whole numbers")

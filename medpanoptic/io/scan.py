@@ -14,6 +14,7 @@ from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 from ..errors import InputError
 from .dicom_read import is_dicom_file, read_dicom
 from .itk import array_from_sitk
+from .nifti import read_nifti
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 """Single-file formats read through SimpleITK. DICOM is recognised by content, not name."""
@@ -65,6 +66,9 @@ def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> MetaTen
         raise InputError(path, f"unsupported file type '{suffix or path.name}' (expected a DICOM file or folder, or one of {', '.join(ITK_SUFFIXES)})")
     if path.stat().st_size == 0:
         raise InputError(path, "the file is empty")
+    if suffix in (".nii", ".nii.gz"):
+        array, affine = read_nifti(path)
+        return _finish(array, affine, path, suffix)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -73,6 +77,10 @@ def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> MetaTen
     if image.GetDimension() > 3 or (image.GetDimension() == 3 and image.GetSize()[2] == 1 and suffix in (".png", ".jpg", ".jpeg", ".bmp")):
         image = _squeeze(image, path)
     array, affine = array_from_sitk(image, str(path))
+    return _finish(array, affine, path, suffix)
+
+
+def _finish(array: np.ndarray, affine: np.ndarray, path: Path, suffix: str) -> MetaTensor:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError(path, "the image contains NaN or infinite voxels")
     meta = {ImageMetaKey.FILENAME_OR_OBJ: str(path), "source_format": suffix.lstrip("."), "source_files": [str(path)]}
