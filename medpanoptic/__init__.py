@@ -3,17 +3,37 @@
 A result is a (2, *spatial) integer MetaTensor — channel 0 the class label, channel 1 the
 instance id — on the scan's own grid, with a `LabelSet` saying which classes are stuff and
 which are things.
+
+Names are imported lazily, so that `medpanoptic --help` does not wait for PyTorch and MONAI.
 """
 
-from .errors import GeometryError, InputError, LabelSetError, MedPanopticError, PanopticError
-from .io import read_panoptic, read_scan, write_panoptic
-from .labels import Code, LabelClass, LabelSet
-from .pair import PANOPTIC_DIVISOR, decode_panoptic, encode_panoptic, make_pair
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Code", "LabelClass", "LabelSet", "make_pair", "encode_panoptic", "decode_panoptic", "PANOPTIC_DIVISOR",
-    "read_scan", "read_panoptic", "write_panoptic",
-    "MedPanopticError", "InputError", "GeometryError", "LabelSetError", "PanopticError",
-]
+_EXPORTS = {
+    "Code": "labels", "LabelClass": "labels", "LabelSet": "labels",
+    "make_pair": "pair", "encode_panoptic": "pair", "decode_panoptic": "pair", "PANOPTIC_DIVISOR": "pair",
+    "read_scan": "io", "read_panoptic": "io", "write_panoptic": "io",
+    "MedPanopticError": "errors", "InputError": "errors", "GeometryError": "errors",
+    "LabelSetError": "errors", "PanopticError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .errors import GeometryError, InputError, LabelSetError, MedPanopticError, PanopticError
+    from .io import read_panoptic, read_scan, write_panoptic
+    from .labels import Code, LabelClass, LabelSet
+    from .pair import PANOPTIC_DIVISOR, decode_panoptic, encode_panoptic, make_pair
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'medpanoptic' has no attribute {name!r}")

@@ -41,33 +41,42 @@ def _max(t: torch.Tensor) -> int:
 
 
 def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: str = "panoptic pair") -> None:
-    """Refuse a malformed pair: shape, dtype, negative ids, instances on background or stuff, unknown labels."""
+    """Refuse a malformed pair: shape, dtype, negative ids, instances on background or stuff, unknown labels.
+
+    Two passes over the volume (a label histogram and the instance foreground); every other
+    rule is checked on the foreground voxels only. Runs on the pair's device.
+    """
+    pair = torch.as_tensor(pair).as_subclass(torch.Tensor)  # plain tensor: no meta bookkeeping per op
     if pair.ndim not in (3, 4) or pair.shape[0] != 2:
         raise PanopticError(f"{source}: expected shape (2, *spatial) with 2 or 3 spatial axes, got {tuple(pair.shape)}")
     if pair.dtype.is_floating_point or pair.dtype == torch.bool:
         raise PanopticError(f"{source}: expected an integer dtype, got {pair.dtype}")
-    label, instance = pair[LABEL], pair[INSTANCE]
-    if pair.numel() and int(pair.min()) < 0:
+    if pair.numel() == 0:
+        return
+    label, instance = pair[LABEL].reshape(-1), pair[INSTANCE].reshape(-1)
+    label_min, label_max = (int(v) for v in torch.aminmax(label))
+    if label_min < 0 or int(instance.min()) < 0:
         raise PanopticError(f"{source}: negative label or instance ids")
-    if bool(((label == 0) & (instance != 0)).any()):
+    foreground = torch.nonzero(instance).flatten()
+    ids, fg_labels = instance[foreground].long(), label[foreground].long()
+    if bool((fg_labels == 0).any()):
         raise PanopticError(f"{source}: instance ids on background (label 0) voxels")
     if label_set is not None:
-        present = torch.unique(label).tolist()
-        unknown = [int(v) for v in present if v != 0 and v not in label_set]
+        absent = [v for v in range(1, label_max + 1) if v not in label_set]
+        unknown = absent if len(absent) > 16 else [v for v in absent if int(torch.count_nonzero(label == v))]
+        if unknown:
+            unknown = [v for v in torch.unique(label).tolist() if v and v not in label_set]
         if unknown:
             raise PanopticError(f"{source}: label ids {unknown} are not in the label set {label_set.ids}")
-        stuff = label_set.stuff_ids
-        if stuff and bool((torch.isin(label, torch.as_tensor(stuff, device=label.device)) & (instance != 0)).any()):
+        if label_set.stuff_ids and bool(torch.isin(fg_labels, torch.as_tensor(label_set.stuff_ids, device=label.device)).any()):
             raise PanopticError(f"{source}: stuff classes must carry instance 0")
-        things = torch.as_tensor(label_set.thing_ids or [-1], device=label.device)
-        if bool((torch.isin(label, things) & (instance == 0)).any()):
+        thing_voxels = sum(int(torch.count_nonzero(label == t)) for t in label_set.thing_ids if t <= label_max)
+        if thing_voxels != foreground.numel():
             raise PanopticError(f"{source}: thing voxels with instance 0")
-    # an instance id names one object: it must not span two classes
-    fg = instance > 0
-    if bool(fg.any()):
-        ids, labels = instance[fg].long(), label[fg].long()
-        lo = torch.full((int(ids.max()) + 1,), torch.iinfo(torch.int64).max, device=ids.device).scatter_reduce(0, ids, labels, "amin")
-        hi = torch.full_like(lo, -1).scatter_reduce(0, ids, labels, "amax")
+    if ids.numel():
+        # an instance id names one object: it must not span two classes
+        lo = torch.full((int(ids.max()) + 1,), torch.iinfo(torch.int64).max, device=ids.device).scatter_reduce(0, ids, fg_labels, "amin")
+        hi = torch.full_like(lo, -1).scatter_reduce(0, ids, fg_labels, "amax")
         bad = torch.nonzero((hi >= 0) & (lo != hi)).flatten().tolist()
         if bad:
             raise PanopticError(f"{source}: instance ids {bad[:10]} span more than one class")
@@ -114,7 +123,7 @@ def instance_summary(
     arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
     label, instance = arr[LABEL], arr[INSTANCE]
     ndim = label.ndim
-    fg = np.flatnonzero(instance)
+    fg = torch.nonzero(torch.from_numpy(np.ascontiguousarray(instance)).reshape(-1)).flatten().numpy()
     if fg.size == 0:
         return []
     ids = instance.ravel()[fg].astype(np.int64)

@@ -78,10 +78,8 @@ def _random_rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
     return q
 
 
-def _voxel_points(affine: np.ndarray, shape: Sequence[int], lo=None, hi=None) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """RAS mm (..., 3) of the voxels of `shape` (or of the box [lo, hi))."""
-    lo = np.zeros(len(shape), int) if lo is None else lo
-    hi = np.asarray(shape) if hi is None else hi
+def _voxel_points(affine: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """RAS mm (..., 3) of the voxels of the box [lo, hi), and the box as slices."""
     axes = np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi)], indexing="ij")
     ijk = np.stack(axes, axis=-1)
     return voxel_to_ras(affine, ijk).astype(np.float32), tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
@@ -164,7 +162,7 @@ def _rasterize_things(blobs: list[_Blob], affine: np.ndarray, shape: Sequence[in
     best = np.full(shape, np.inf, dtype=np.float32)
     for idx, blob in enumerate(blobs, start=1):
         lo, hi = _box_of(blob, affine, shape)
-        points, box = _voxel_points(affine, shape, lo, hi)
+        points, box = _voxel_points(affine, lo, hi)
         d = blob.normalized_distance(points[..., : len(blob.center)])
         take = (d <= 1.0) & (d < best[box])
         instance[box][take] = idx
@@ -173,8 +171,26 @@ def _rasterize_things(blobs: list[_Blob], affine: np.ndarray, shape: Sequence[in
 
 
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox: float) -> np.ndarray:
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
+    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_vox, truncate=3.0)
     return field / (field.std() + 1e-8)
+
+
+def _patient_axes(affine: np.ndarray, shape: Sequence[int]) -> list[np.ndarray]:
+    """RAS x, y, z (mm, float32) of every voxel, as arrays that broadcast to `shape`.
+
+    Built from one 1D ramp per grid axis, so an axis-aligned grid costs almost nothing and
+    an oblique one costs one float32 volume per patient axis.
+    """
+    ramps = [np.arange(n, dtype=np.float32).reshape([-1 if a == ax else 1 for a in range(len(shape))])
+             for ax, n in enumerate(shape)]
+    axes = []
+    for row in range(3):
+        coordinate = np.float32(affine[row, 3])
+        for ax, ramp in enumerate(ramps):
+            if affine[row, ax] != 0:
+                coordinate = coordinate + np.float32(affine[row, ax]) * ramp
+        axes.append(np.broadcast_to(coordinate, shape) if np.ndim(coordinate) else np.full(shape, coordinate, np.float32))
+    return axes
 
 
 def ct_phantom(
@@ -197,14 +213,13 @@ def ct_phantom(
     affine = grid_affine(shape, spacing, direction)
     extent = np.asarray(shape) * np.asarray(spacing)
     radius = 0.5 * float(extent.min())
-    points, _ = _voxel_points(affine, shape)
-    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    x, y, z = _patient_axes(affine, shape)
     body = (x / (0.92 * radius)) ** 2 + (y / (0.78 * radius)) ** 2 <= 1.0
     liver_c = np.array([-0.35, 0.05, 0.0]) * radius  # RAS: negative x is the patient's right
     liver = ((x - liver_c[0]) / (0.45 * radius)) ** 2 + ((y - liver_c[1]) / (0.5 * radius)) ** 2 + (
         (z - liver_c[2]) / (1.2 * radius)) ** 2 <= 1.0
     liver &= body
-    del points, x, y, z
+    del x, y, z
 
     def inside(center: np.ndarray, r: float) -> bool:
         return (center[0] / (0.92 * radius - r - 2)) ** 2 + (center[1] / (0.78 * radius - r - 2)) ** 2 <= 1.0
@@ -219,15 +234,14 @@ def ct_phantom(
     label[liver] = 2
     label[instance > 0] = 3
 
-    image = np.full(shape, -1000.0, dtype=np.float32)
     texture = _smooth_noise(rng, shape, 2.0)
-    image[body] = 40.0 + 12.0 * texture[body]
-    image[liver] = 90.0 + 8.0 * texture[liver]
-    base = np.where(liver, 90.0, 40.0).astype(np.float32)
-    for idx, blob in enumerate(blobs, start=1):
-        m = instance == idx
-        image[m] = base[m] + blob.contrast + 6.0 * texture[m]
-    image = ndimage.gaussian_filter(image, 0.6) + rng.normal(0, 12.0, size=shape).astype(np.float32)
+    tissue_hu = np.where(liver, np.float32(90.0), np.float32(40.0))
+    image = np.where(body, tissue_hu + np.where(liver, np.float32(8.0), np.float32(12.0)) * texture, np.float32(-1000.0))
+    contrast = np.array([0.0] + [b.contrast for b in blobs], dtype=np.float32)
+    image = np.where(instance > 0, tissue_hu + contrast[instance] + 6.0 * texture, image)
+    del texture, tissue_hu
+    image = ndimage.gaussian_filter(image, 0.6, truncate=3.0)
+    image += rng.standard_normal(shape, dtype=np.float32) * np.float32(12.0)
 
     meta = {"source_format": "phantom", "phantom_seed": seed}
     return Phantom(
@@ -258,7 +272,6 @@ def nuclei_phantom(
     texture = _smooth_noise(rng, shape, 12.0)
     tissue = texture > -0.9  # a large irregular region with holes and edges
     tissue = ndimage.binary_opening(tissue, iterations=2)
-    points, _ = _voxel_points(affine, shape)
     inv = np.linalg.inv(affine)
 
     def inside(center: np.ndarray, r: float) -> bool:
@@ -271,7 +284,6 @@ def nuclei_phantom(
     instance = _rasterize_things(blobs, affine, shape)
     label = np.where(tissue, 1, 0).astype(np.int32)
     label[instance > 0] = 2
-    del points
 
     fine = _smooth_noise(rng, shape, 1.5)
     if rgb:
@@ -281,16 +293,13 @@ def nuclei_phantom(
             m = label == cls
             for c in range(3):
                 image[c][m] = rgb_value[c]
-        for idx, blob in enumerate(blobs, start=1):
-            m = instance == idx
-            image[:, m] *= 0.8 + 0.2 * blob.contrast
+        shade = np.array([1.0] + [0.8 + 0.2 * b.contrast for b in blobs], dtype=np.float32)
+        image *= shade[instance][None]
         image += 10.0 * fine[None] + rng.normal(0, 6.0, size=image.shape).astype(np.float32)
         image = np.clip(ndimage.gaussian_filter(image, (0, 0.7, 0.7)), 0, 255)
     else:
-        image = np.where(tissue, 45.0, 12.0).astype(np.float32)
-        for idx, blob in enumerate(blobs, start=1):
-            m = instance == idx
-            image[m] = 200.0 * blob.contrast
+        brightness = np.array([0.0] + [200.0 * b.contrast for b in blobs], dtype=np.float32)
+        image = np.where(instance > 0, brightness[instance], np.where(tissue, 45.0, 12.0)).astype(np.float32)
         image += 8.0 * fine
         image = ndimage.gaussian_filter(image, 0.7) + rng.normal(0, 8.0, size=shape).astype(np.float32)
         image = np.clip(image, 0, 255)[None]

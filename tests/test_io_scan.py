@@ -245,3 +245,25 @@ def test_bad_files_name_the_file(tmp_path, name, content, message):
 def test_missing_path(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         read_scan(tmp_path / "nope.nii.gz")
+
+
+def test_compressed_series_is_decoded_by_gdcm(oblique_ct, oblique_series, tmp_path):
+    """RLE-compressed slices take the GDCM path and give the same volume as the uncompressed ones."""
+    from pydicom.uid import RLELossless
+
+    def compress(k, ds):
+        ds.compress(RLELossless)
+    _edit_series(oblique_series, tmp_path / "rle", compress)
+    assert pydicom.dcmread(next((tmp_path / "rle").iterdir())).file_meta.TransferSyntaxUID == RLELossless
+    scan = read_scan(tmp_path / "rle")
+    np.testing.assert_array_equal(scan[0].numpy(), _hu(oblique_ct))
+    np.testing.assert_allclose(scan.affine.numpy(), oblique_ct.image.affine.numpy(), atol=1e-5)
+
+
+def test_truncated_slice_in_a_series_is_named(oblique_series, tmp_path):
+    shutil.copytree(oblique_series, tmp_path / "cut")
+    victim = tmp_path / "cut" / "slice_0005.dcm"
+    victim.write_bytes(victim.read_bytes()[:-1000])
+    with pytest.raises(InputError, match="truncated") as err:
+        read_scan(tmp_path / "cut")
+    assert "slice_0005.dcm" in str(err.value)

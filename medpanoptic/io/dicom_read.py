@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..errors import GeometryError, InputError
 from .geometry import affine_from_plane_stack
@@ -26,8 +27,9 @@ HEADER_TAGS = [
     "SeriesNumber", "Modality", "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient",
     "PixelSpacing", "SliceThickness", "SpacingBetweenSlices", "Rows", "Columns", "NumberOfFrames",
     "SamplesPerPixel", "InstanceNumber", "RescaleSlope", "RescaleIntercept", "BitsAllocated",
-    "PixelRepresentation",
+    "PixelRepresentation", "BitsStored", "PhotometricInterpretation", "PixelData",
 ]
+NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 @dataclass
@@ -65,7 +67,8 @@ def is_dicom_file(path: Path) -> bool:
 
 def _read_header(path: Path) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
+        # PixelData is listed but deferred: its value is never read here, only its offset kept
+        return pydicom.dcmread(path, specific_tags=HEADER_TAGS, defer_size=1024, force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError) as e:
         raise InputError(path, f"not a readable DICOM file ({e})") from None
 
@@ -122,10 +125,23 @@ class DicomVolume:
     meta: dict
 
 
+def decimals(h: pydicom.Dataset, keyword: str) -> list[float]:
+    """A DS attribute as floats, parsed straight from the raw bytes when pydicom has not converted it.
+
+    pydicom's DS objects validate each value on creation; over a few thousand slices that is
+    most of the header-reading time, and the geometry needs only the numbers.
+    """
+    element = h.get_item(keyword)
+    value = element.value
+    if isinstance(value, (bytes, bytearray)):
+        return [float(v) for v in value.split(b"\\") if v.strip(b" \x00")]
+    return [float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value])]
+
+
 def _pixel_spacing(h: pydicom.Dataset, source: Path) -> list[float]:
     if "PixelSpacing" not in h:
         raise GeometryError(source, "no PixelSpacing: the pixel size in the patient is unknown")
-    return [float(v) for v in h.PixelSpacing]
+    return decimals(h, "PixelSpacing")
 
 
 def _source_meta(headers: Sequence[pydicom.Dataset], files: Sequence[Path], fmt: str) -> dict:
@@ -159,8 +175,8 @@ def read_classic_series(info: SeriesInfo, source: Path) -> DicomVolume:
     spacings = {tuple(round(v, 4) for v in _pixel_spacing(h, source)) for h in headers}
     if len(spacings) > 1:
         raise GeometryError(source, f"slices with different PixelSpacing in one series: {sorted(spacings)}")
-    positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])
-    orientations = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
+    positions = np.array([decimals(h, "ImagePositionPatient") for h in headers])
+    orientations = np.array([decimals(h, "ImageOrientationPatient") for h in headers])
     thickness = headers[0].get("SpacingBetweenSlices") or headers[0].get("SliceThickness")
     affine, order = affine_from_plane_stack(
         positions, orientations, _pixel_spacing(headers[0], source), source,
@@ -168,9 +184,73 @@ def read_classic_series(info: SeriesInfo, source: Path) -> DicomVolume:
     )
     files = [files[i] for i in order]
     headers = [headers[i] for i in order]
-    array = _decode_series(files, source)
+    layouts = [_native_layout(h) for h in headers]
+    if all(layouts) and len({dtype for _, dtype, _ in layouts}) == 1:
+        array = _read_native_series(files, headers, layouts)
+    else:
+        array = _decode_series(files, source)
     meta = _source_meta(headers, files, "dicom")
     return DicomVolume(array, affine, meta)
+
+
+def _native_layout(h: pydicom.Dataset) -> tuple[int, np.dtype, int] | None:
+    """(offset, stored dtype, bit mask) of uncompressed little-endian grey pixel data; None means: let GDCM decode."""
+    meta = getattr(h, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax not in NATIVE_SYNTAXES or "PixelData" not in h:
+        return None
+    if int(h.get("SamplesPerPixel", 1)) != 1 or str(h.get("PhotometricInterpretation", "")) != "MONOCHROME2":
+        return None
+    allocated, stored, signed = int(h.get("BitsAllocated", 0)), int(h.get("BitsStored", 0)), int(h.get("PixelRepresentation", 0))
+    if allocated not in (8, 16, 32) or not 0 < stored <= allocated or (signed and stored != allocated):
+        return None
+    element = h.get_item(0x7FE00010)
+    offset = getattr(element, "value_tell", None) or getattr(element, "file_tell", None)
+    if offset is None:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    return int(offset), dtype, (1 << stored) - 1 if stored < allocated else 0
+
+
+def _read_native_series(files: Sequence[Path], headers: Sequence[pydicom.Dataset], layouts) -> np.ndarray:
+    """Voxels (i, j, k) of uncompressed slices, read straight from their byte offsets, rescaled.
+
+    One read per file into a preallocated volume: no decoder, no second header parse.
+    """
+    rows, cols = int(headers[0].Rows), int(headers[0].Columns)
+    dtype = layouts[0][1]
+    stored = np.empty((len(files), rows, cols), dtype=dtype)
+    count = rows * cols
+    for k, (f, (offset, _, mask)) in enumerate(zip(files, layouts)):
+        plane = np.fromfile(f, dtype=dtype, count=count, offset=offset)
+        if plane.size < count:
+            raise InputError(f, f"truncated file: the pixel data needs {count * dtype.itemsize} bytes, "
+                                f"{plane.size * dtype.itemsize} are present")
+        stored[k] = plane.reshape(rows, cols)
+        if mask:
+            stored[k] &= mask
+    slopes = np.array([float(h.get("RescaleSlope", 1) or 1) for h in headers])
+    intercepts = np.array([float(h.get("RescaleIntercept", 0) or 0) for h in headers])
+    return _rescale(stored, slopes, intercepts).transpose(2, 1, 0)
+
+
+def _rescale(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """Modality LUT (value = stored * slope + intercept per slice), in the smallest exact dtype."""
+    if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)):
+        if np.all(intercepts == 0):
+            return stored
+        low = float(stored.min()) + intercepts.min()
+        high = float(stored.max()) + intercepts.max()
+        for dtype in (np.int16, np.int32):
+            if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+                break
+        out = stored.astype(dtype, copy=stored.dtype != dtype)
+        if np.all(intercepts == intercepts[0]):
+            out += dtype(intercepts[0])
+        else:
+            out += intercepts.astype(dtype)[:, None, None]
+        return out
+    return stored.astype(np.float32) * slopes.astype(np.float32)[:, None, None] + intercepts.astype(np.float32)[:, None, None]
 
 
 def _decode_series(files: Sequence[Path], source: Path) -> np.ndarray:

@@ -1,24 +1,25 @@
-"""A small, exact NIfTI-1 writer for integer maps (label, instance, viewer label maps).
+"""A small, exact and fast NIfTI-1 writer (label, instance and viewer maps, phantom images), and a reader.
 
 nibabel builds the header (qform and sform both set to the affine, scanner-anatomical,
-millimetres); the voxels are streamed once, Fortran order, through zlib at a fast level.
-Unlike a generic writer it stores `scl_slope = 1, scl_inter = 0` explicitly: integer ids are
-never scaled, and every reader agrees on that.
+millimetres). Unlike a generic writer it stores `scl_slope = 1, scl_inter = 0` explicitly:
+integer ids are never scaled, and every reader agrees on that. Speed: the voxels are put in
+NIfTI order (i fastest) by a plane-by-plane transpose that stays in cache, and compressed by
+ISA-L's gzip (standard gzip output, several times faster than zlib at a better ratio).
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 
 import nibabel as nib
 import numpy as np
+import torch
+from isal import igzip
 
 NIFTI_INTENT_LABEL = 1002
 NIFTI_INTENT_VECTOR = 1007
 VOX_OFFSET = 352  # 348-byte header + 4-byte empty extension flag
 GZIP_LEVEL = 1
-CHUNK_SLICES = 64
 
 
 def nifti_header(shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray, intent: int | None = None) -> nib.Nifti1Header:
@@ -51,22 +52,31 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, 
         shape = tuple(spatial)
         intent = NIFTI_INTENT_LABEL
     header = nifti_header(shape, array.dtype, np.asarray(affine, dtype=float), intent)
-    opener = gzip.open(path, "wb", compresslevel=GZIP_LEVEL) if compress else open(path, "wb")
+    opener = igzip.open(path, "wb", compresslevel=GZIP_LEVEL) if compress else open(path, "wb")
     with opener as f:
         f.write(header.binaryblock)
         f.write(b"\x00" * (VOX_OFFSET - len(header.binaryblock)))
-        _write_fortran(f, array, vector)
+        for component in ([array[c] for c in range(array.shape[0])] if vector else [array]):
+            f.write(memoryview(nifti_order(component)).cast("B"))
 
 
-def _write_fortran(f, array: np.ndarray, vector: bool) -> None:
-    """Stream the voxels in NIfTI (Fortran) order, the last spatial axis in chunks to bound memory."""
-    components = [array[c] for c in range(array.shape[0])] if vector else [array]
-    for comp in components:
-        if comp.ndim < 3:
-            f.write(np.asfortranarray(comp).tobytes(order="F"))
-            continue
-        for start in range(0, comp.shape[-1], CHUNK_SLICES):
-            f.write(comp[..., start:start + CHUNK_SLICES].tobytes(order="F"))
+def nifti_order(array: np.ndarray) -> np.ndarray:
+    """The voxels of an (i, j[, k]) array as a C-contiguous (k, j, i) array: NIfTI's byte order.
+
+    Free for arrays already in that layout (what ITK and nibabel readers return). Otherwise
+    transposed one j-plane at a time: each plane's source rows are contiguous, so the copy
+    stays in cache (several times faster than a whole-volume transpose).
+    """
+    if array.flags.f_contiguous:
+        return array.T
+    if array.ndim < 3:
+        return np.ascontiguousarray(array.T)
+    # bytes are bytes: move them as signed integers of the same width (torch lacks unsigned kernels)
+    source = torch.from_numpy(np.ascontiguousarray(array).view(f"i{array.itemsize}"))
+    out = torch.empty(array.shape[::-1], dtype=source.dtype)
+    for j in range(array.shape[1]):
+        out[:, j, :] = source[:, j, :].T
+    return out.numpy().view(array.dtype)
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +98,11 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))
     shape = data.shape
-    if len(shape) == 5 and all(s == 1 for s in shape[3:4]):
+    if len(shape) == 5 and shape[3] == 1:
+        # a vector image; a single slice means a 2D image (how 2D RGB images are stored in NIfTI)
         array = np.moveaxis(data[:, :, :, 0, :], -1, 0)
+        if array.shape[3] == 1:
+            array = array[..., 0]
     elif len(shape) > 3:
         if any(s != 1 for s in shape[3:]):
             raise InputError(path, f"a 4D image of shape {shape}: only one 2D or 3D volume per file is supported")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -58,31 +59,46 @@ def write_panoptic(
     the NIfTI geometry). With `single_file`, the pair is also written as one two-component
     NIfTI. `extra` goes into the JSON (e.g. the bundle and the source scan). Returns the paths.
     """
-    check_pair(pair, label_set)
     affine = np.asarray(pair.affine if isinstance(pair, MetaTensor) else np.eye(4), dtype=float)
     arr = np.asarray(pair.detach().cpu())
-    label = arr[LABEL].astype(_smallest_uint(int(arr[LABEL].max(initial=0))), copy=False)
-    instance = arr[INSTANCE].astype(_smallest_uint(max(int(arr[INSTANCE].max(initial=0)), 255)), copy=False)
     paths = panoptic_paths(stem)
-    document = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "label_set": label_set.to_dict(),
-        "shape": list(label.shape),
-        "affine_ras": affine.tolist(),
-        "instances": instance_summary(arr, affine, label_set),
-        **(extra or {}),
-    }
     keys = ["label", "instance", "json"] + (["pair"] if single_file else [])
     with atomic_paths(*(paths[k] for k in keys)) as temps:
         tmp = dict(zip(keys, temps))
-        write_nifti(tmp["label"], label, affine, compress=compress)
-        write_nifti(tmp["instance"], instance, affine, compress=compress)
+        # the two maps are cast, reordered and compressed on worker threads while this one
+        # validates the pair and sums up its instances; a refused pair leaves no file behind
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            label_job = pool.submit(_write_map, tmp["label"], arr[LABEL], affine, compress)
+            instance_job = pool.submit(_write_map, tmp["instance"], arr[INSTANCE], affine, compress, 255)
+            check_pair(pair, label_set)
+            instances = instance_summary(arr, affine, label_set)
+            label, instance = label_job.result(), instance_job.result()
         if single_file:
             both = np.stack([label.astype(instance.dtype), instance])
             write_nifti(tmp["pair"], both, affine, vector=True, compress=compress)
+        document = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "label_set": label_set.to_dict(),
+            "shape": list(arr.shape[1:]),
+            "affine_ras": affine.tolist(),
+            "instances": instances,
+            **(extra or {}),
+        }
         tmp["json"].write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     return {k: paths[k] for k in keys}
+
+
+def _write_map(path: Path, values: np.ndarray, affine: np.ndarray, compress: bool, at_least: int = 0) -> np.ndarray:
+    """Write one map in the smallest unsigned type that holds it; returns the cast array.
+
+    Negative ids are refused by `check_pair`, which runs meanwhile; a cast that wrapped them
+    is never renamed into place.
+    """
+    high = int(torch.from_numpy(values).max()) if values.size else 0
+    cast = values.astype(_smallest_uint(max(high, at_least)), copy=False)
+    write_nifti(path, cast, affine, compress=compress)
+    return cast
 
 
 def _read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:

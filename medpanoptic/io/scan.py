@@ -30,6 +30,8 @@ def _suffix(path: Path) -> str:
 
 def make_meta_tensor(array: np.ndarray, affine: np.ndarray, meta: dict) -> MetaTensor:
     """Wrap a channel-first array as a MetaTensor whose affine (RAS) is also its original affine."""
+    if array.dtype in (np.uint16, np.uint32):  # torch has few kernels for these: widen losslessly
+        array = array.astype(np.int32 if array.dtype == np.uint16 else np.int64)
     affine_t = torch.as_tensor(affine, dtype=torch.float64)
     full = {
         **meta,
