@@ -58,10 +58,14 @@ def _histogram(codes: torch.Tensor, bins: int) -> torch.Tensor:
     return torch.bincount(codes.reshape(-1), minlength=bins)[:bins]
 
 
-def contingency(pred, gt) -> Contingency:
+def contingency(pred, gt, n_labels: int | None = None, backend: str | None = None) -> Contingency:
     """Build the contingency table of a predicted and a ground-truth pair of the same shape.
 
     `pred` and `gt` are (2, *spatial) integer pairs (torch tensors on one device, or numpy).
+    `n_labels` (one more than the largest label id, e.g. from the label set) saves a pass;
+    labels outside it are refused.
+    CPU data goes through a compiled parallel kernel (`backend="numba"`); tensors on an
+    accelerator through torch (`backend="torch"`, which also runs on the CPU).
     """
     pred, gt = _as_tensor(pred), _as_tensor(gt)
     if pred.shape != gt.shape or pred.ndim < 3 or pred.shape[0] != 2:
@@ -70,25 +74,46 @@ def contingency(pred, gt) -> Contingency:
         gt = gt.to(pred.device)
     gl, gi = gt[0].reshape(-1), gt[1].reshape(-1)
     pl, pi = pred[0].reshape(-1), pred[1].reshape(-1)
-    n_labels = int(max(int(gl.max()), int(pl.max()))) + 1 if gl.numel() else 1
-    if int(min(int(gl.min()), int(pl.min()), int(gi.min()), int(pi.min()))) < 0:
-        raise PanopticError("negative label or instance ids")
+    if gl.numel() == 0:
+        raise PanopticError("empty pairs")
+    if n_labels is None:
+        n_labels = max(int(gl.max()), int(pl.max())) + 1
+    backend = backend or ("numba" if gl.device.type == "cpu" else "torch")
+    if backend == "numba":
+        from ._kernels import confusion_and_things
 
-    # 1. label confusion over every voxel: the overlaps of instance-0 segments
+        confusion, sub = confusion_and_things(*(t.contiguous().numpy() for t in (gl, gi, pl, pi)), n_labels)
+        if confusion is None:
+            raise PanopticError(f"negative ids, or labels of {n_labels} or more (not in the label set)")
+        pairs = _count_pairs(torch.from_numpy(sub), n_labels, int(sub[1].max(initial=0)) + 1, int(sub[3].max(initial=0)) + 1)
+    elif backend == "torch":
+        if min(int(t.min()) for t in (gl, gi, pl, pi)) < 0 or max(int(gl.max()), int(pl.max())) >= n_labels:
+            raise PanopticError(f"negative ids, or labels of {n_labels} or more (not in the label set)")
+        confusion, pairs = _torch_pass(gl, gi, pl, pi, n_labels, int(gi.max()) + 1, int(pi.max()) + 1)
+    else:
+        raise ValueError(f"unknown backend {backend!r} (expected 'numba' or 'torch')")
+    return _table(confusion, pairs)
+
+
+def _torch_pass(gl, gi, pl, pi, n_labels: int, g_width: int, p_width: int):
+    """The same pass in torch ops, for tensors on any device."""
     small = torch.uint8 if n_labels <= 16 else (torch.int32 if n_labels <= 46340 else torch.int64)
-    codes = gl.to(small) * n_labels + pl.to(small) if small != torch.uint8 else gl.to(torch.uint8).mul_(n_labels).add_(pl.to(torch.uint8))
+    codes = gl.to(small, copy=True).mul_(n_labels).add_(pl.to(small))  # a copy: never write into the inputs
     confusion = _histogram(codes, n_labels * n_labels).reshape(n_labels, n_labels).cpu().numpy().astype(np.int64)
     del codes
-
-    # 2. the voxels where either side has an instance: count their (gt key, pred key) pairs
     where = torch.nonzero(gi.bitwise_or(pi) if gi.dtype == pi.dtype else (gi > 0) | (pi > 0)).flatten()
-    g_width, p_width = int(gi.max()) + 1, int(pi.max()) + 1
-    g_key = gl[where].long() * g_width + gi[where].long()
-    p_key = pl[where].long() * p_width + pi[where].long()
+    sub = torch.stack([gl[where], gi[where], pl[where], pi[where]]).long()
+    return confusion, _count_pairs(sub, n_labels, g_width, p_width)
+
+
+def _count_pairs(sub: torch.Tensor, n_labels: int, g_width: int, p_width: int) -> np.ndarray:
+    """(k, 5) rows (gt label, gt instance, pred label, pred instance, voxels) of the instance voxels."""
+    g_key = sub[0] * g_width + sub[1]
+    p_key = sub[2] * p_width + sub[3]
     p_keys_total = n_labels * p_width
     joint = g_key * p_keys_total + p_key
     del g_key, p_key
-    if n_labels * g_width * p_keys_total <= 1 << 25:
+    if n_labels * g_width * p_keys_total <= max(1 << 16, 4 * joint.numel()):
         counts = torch.bincount(joint, minlength=1)
         joint = torch.nonzero(counts).flatten()
         counts = counts[joint]
@@ -96,14 +121,17 @@ def contingency(pred, gt) -> Contingency:
         joint, counts = torch.unique(joint, return_counts=True)
     joint, counts = joint.cpu().numpy(), counts.cpu().numpy().astype(np.int64)
     g_key, p_key = np.divmod(joint, p_keys_total)
-    pairs = np.stack([g_key // g_width, g_key % g_width, p_key // p_width, p_key % p_width, counts], 1)
+    return np.stack([g_key // g_width, g_key % g_width, p_key // p_width, p_key % p_width, counts], 1).reshape(-1, 5)
 
+
+def _table(confusion: np.ndarray, pairs: np.ndarray) -> Contingency:
+    """Segments and overlaps from the label confusion and the instance voxels' pairs."""
+    counts = pairs[:, 4]
     # pure instance-0 overlaps: the confusion minus what the instance voxels contributed to it
     subset_confusion = np.zeros_like(confusion)
-    np.add.at(subset_confusion, (pairs[:, 0], pairs[:, 2]), pairs[:, 4])
+    np.add.at(subset_confusion, (pairs[:, 0], pairs[:, 2]), counts)
     stuff_overlap = confusion - subset_confusion
 
-    # 3. segments: instance-0 keys from the histogram, thing keys from the pairs
     gt_keys, gt_area = _segments(confusion.sum(1), pairs[:, 0], pairs[:, 1], counts)
     pred_keys, pred_area = _segments(confusion.sum(0), pairs[:, 2], pairs[:, 3], counts)
     gt_row = {k: r for r, k in enumerate(map(tuple, gt_keys.tolist()))}

@@ -213,4 +213,5 @@ def panoptic_quality(
         result = panoptic_quality(pred_pair, gt_pair, label_set)
         result.pq(), result.summary()["pq_things"], result.per_class()
     """
-    return match_segments(contingency(pred, gt), label_set, void_label, iou_threshold, matching)
+    n_labels = max(label_set.max_id, void_label or 0) + 1
+    return match_segments(contingency(pred, gt, n_labels), label_set, void_label, iou_threshold, matching)

@@ -1,0 +1,77 @@
+"""Compiled CPU kernels (numba) for the one pass over the voxels; torch covers other devices.
+
+Compiled on first use and cached beside this file, so later processes start at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+BLOCKS = 64  # units of parallel work
+RUN = 4096  # voxels per run: the second pass revisits only runs that hold an instance
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _first_pass(gl, gi, pl, pi, n_labels, n_runs):  # pragma: no cover - compiled
+    n = gl.size
+    runs_per_block = (n_runs + BLOCKS - 1) // BLOCKS
+    confusion = np.zeros((BLOCKS, n_labels * n_labels), np.int64)
+    found = np.zeros(n_runs, np.int64)
+    smallest = np.zeros(BLOCKS, np.int64)
+    for b in prange(BLOCKS):
+        low = 0
+        histogram = np.zeros(n_labels * n_labels, np.int64)
+        for r in range(b * runs_per_block, min(n_runs, (b + 1) * runs_per_block)):
+            count = 0
+            for v in range(r * RUN, min(n, (r + 1) * RUN)):
+                g, p = np.int64(gl[v]), np.int64(pl[v])
+                if g < 0 or p < 0 or g >= n_labels or p >= n_labels:
+                    low = -1
+                    continue
+                histogram[g * n_labels + p] += 1
+                either = np.int64(gi[v]) | np.int64(pi[v])
+                if either != 0:
+                    count += 1
+                    if either < 0:
+                        low = -1
+            found[r] = count
+        confusion[b] = histogram
+        smallest[b] = low
+    return confusion.sum(axis=0), found, smallest.min()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _gather(gl, gi, pl, pi, found, offsets, out):  # pragma: no cover - compiled
+    n = gl.size
+    n_runs = found.size
+    runs_per_block = (n_runs + BLOCKS - 1) // BLOCKS
+    for b in prange(BLOCKS):
+        for r in range(b * runs_per_block, min(n_runs, (b + 1) * runs_per_block)):
+            if found[r] == 0:
+                continue
+            k = offsets[r]
+            for v in range(r * RUN, min(n, (r + 1) * RUN)):
+                if gi[v] != 0 or pi[v] != 0:
+                    out[0, k] = gl[v]
+                    out[1, k] = gi[v]
+                    out[2, k] = pl[v]
+                    out[3, k] = pi[v]
+                    k += 1
+
+
+def confusion_and_things(gl: np.ndarray, gi: np.ndarray, pl: np.ndarray, pi: np.ndarray, n_labels: int):
+    """(label confusion, (4, n) int64 label/instance of both sides at every voxel with an instance).
+
+    The first pass counts the (gt label, pred label) histogram and the instance voxels of each
+    run of voxels; the second copies those voxels' ids, visiting only runs that have some.
+    Returns (None, None) if any id is negative or a label is >= `n_labels`.
+    """
+    n_runs = (gl.size + RUN - 1) // RUN
+    confusion, found, low = _first_pass(gl, gi, pl, pi, n_labels, n_runs)
+    if low < 0:
+        return None, None
+    offsets = np.concatenate((np.zeros(1, np.int64), np.cumsum(found)[:-1]))
+    out = np.empty((4, int(found.sum())), np.int64)
+    _gather(gl, gi, pl, pi, found, offsets, out)
+    return confusion.reshape(n_labels, n_labels), out
