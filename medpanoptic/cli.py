@@ -127,9 +127,43 @@ def run_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- evaluate -----------------------------------------------------------------------------
+def _configure_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="folder of predicted results")
+    p.add_argument("--gt", required=True, help="folder of ground truth (results, label maps or a Decathlon dataset)")
+    p.add_argument("--labels", help="label set JSON (default: the one stored with the ground truth)")
+    p.add_argument("--out", default="report.csv", help="per-case CSV; *_instances.csv and *_summary.csv go beside it")
+    p.add_argument("--void-label", type=int, help="ground-truth label of void (ignored) regions")
+    p.add_argument("--iou-threshold", type=float, default=0.5, help="matching threshold (below 0.5: Hungarian)")
+    p.add_argument("--no-surface", action="store_true", help="skip HD95/ASSD per lesion")
+    p.add_argument("--allow-missing", action="store_true", help="exit 0 even if some ground-truth cases have no prediction")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .labels import LabelSet
+    from .metrics.evaluate import evaluate_folders, format_summary
+
+    label_set = LabelSet.load(args.labels) if args.labels else None
+    report = evaluate_folders(args.pred, args.gt, label_set, args.void_label, args.iou_threshold,
+                              surface=not args.no_surface)
+    paths = report.write(args.out)
+    print(format_summary(report))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    if report.unmatched_predictions:
+        print(f"predictions without ground truth (ignored): {', '.join(report.unmatched_predictions)}", file=sys.stderr)
+    failed = False
+    if report.missing_predictions:
+        print(f"ground-truth cases without a prediction: {', '.join(report.missing_predictions)}", file=sys.stderr)
+        failed = not args.allow_missing
+    for error in report.errors:
+        print(f"medpanoptic: error: case {error['case']}: {error['error']}", file=sys.stderr)
+    return 1 if failed or report.errors else 0
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "info": ("print a scan's geometry (and, for a DICOM folder, its series)", _configure_info, run_info),
     "phantom": ("write synthetic phantoms with panoptic truth as a Decathlon-layout dataset", _configure_phantom, run_phantom),
+    "evaluate": ("panoptic quality and lesion-wise figures of predictions against ground truth", _configure_evaluate, run_evaluate),
 }
 
 

@@ -127,13 +127,15 @@ def read_panoptic(
     label_set: LabelSet | None = None,
     thing_classes: Iterable[int] | None = None,
     connectivity: int | None = None,
+    instance_path: str | os.PathLike | None = None,
 ) -> tuple[MetaTensor, LabelSet]:
     """Read a panoptic result back as (pair MetaTensor, LabelSet).
 
     `path` may be a stem written by `write_panoptic` (or any of its files), a two-component
-    pair file, or a single semantic label map. For a semantic map the thing classes come
-    from `label_set` or `thing_classes`, and instances are their connected components
-    (full connectivity unless `connectivity` says otherwise) — the Decathlon case.
+    pair file, or a single semantic label map. For a semantic map the instances come from
+    `instance_path` when given (e.g. a dataset's `instancesTr/` map), else from connected
+    components of the thing classes (full connectivity unless `connectivity` says otherwise)
+    — the Decathlon case. The thing classes come from `label_set` or `thing_classes`.
     """
     path = Path(path)
     for key, suffix in SUFFIXES.items():
@@ -153,6 +155,12 @@ def read_panoptic(
     if array.shape[0] != 1:
         raise InputError(path, f"expected a label map or a two-component pair, found {array.shape[0]} components")
     label = array[0]
+    if instance_path is not None:
+        instance_map = _read_map(Path(instance_path))
+        _same_grid((array, affine), instance_map, Path(instance_path))
+        label_set = label_set or _guess_label_set(label, instance_map[0][0], thing_classes)
+        pair = make_meta_tensor(np.stack([label, instance_map[0][0]]).astype(np.int32), affine, {"filename_or_obj": str(path)})
+        return _checked(pair, label_set, path)
     if label_set is None:
         if thing_classes is None:
             raise InputError(path, "a semantic label map needs a label set or thing_classes to know which classes are things")

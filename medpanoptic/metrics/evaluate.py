@@ -1,0 +1,198 @@
+"""Evaluate a folder of predictions against a folder of ground truth, case by case, and report.
+
+Cases are paired by name. A folder may hold panoptic results (`<case>_label.nii.gz` with its
+instance map and JSON), two-component pair files (`<case>_pair.nii.gz`), plain label maps
+(`<case>.nii.gz`, instances from connected components of the thing classes), or be a
+Decathlon-layout dataset (`labelsTr/` with `instancesTr/` beside it).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GeometryError, InputError, MedPanopticError
+from ..io.geometry import spacing_from_affine
+from ..io.panoptic import SUFFIXES, read_panoptic
+from ..labels import LabelSet
+from .lesions import LesionEvaluation, lesion_metrics
+from .quality import PanopticQuality, mean_over_images, panoptic_quality
+
+MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """Where one case's pair is: a stem or map path, and an instance map beside a label map."""
+
+    path: Path
+    instance: Path | None = None
+
+
+def find_cases(folder: str | os.PathLike) -> dict[str, CaseFiles]:
+    """Case name -> files, for every panoptic result, pair file or label map in `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "not a folder")
+    if (folder / "labelsTr").is_dir():
+        instances = folder / "instancesTr"
+        return {name: CaseFiles(p, instances / p.name if (instances / p.name).exists() else None)
+                for name, p in _maps(folder / "labelsTr").items()}
+    cases: dict[str, CaseFiles] = {}
+    for p in sorted(folder.iterdir()):
+        name = p.name
+        if name.endswith(SUFFIXES["label"]):
+            cases[name[: -len(SUFFIXES["label"])]] = CaseFiles(Path(str(p)[: -len(SUFFIXES["label"])]))
+    for p in sorted(folder.iterdir()):
+        if p.name.endswith(SUFFIXES["pair"]):
+            cases.setdefault(p.name[: -len(SUFFIXES["pair"])], CaseFiles(p))
+    for name, p in _maps(folder).items():
+        if not any(name.endswith(s[: -len(".nii.gz")]) for s in (SUFFIXES["label"], SUFFIXES["instance"], SUFFIXES["pair"])):
+            cases.setdefault(name, CaseFiles(p))
+    return cases
+
+
+def _maps(folder: Path) -> dict[str, Path]:
+    out = {}
+    for p in sorted(folder.iterdir()):
+        for suffix in MAP_SUFFIXES:
+            if p.name.endswith(suffix) and not p.name.startswith("."):
+                out[p.name[: -len(suffix)]] = p
+                break
+    return out
+
+
+def _read(case: CaseFiles, label_set: LabelSet | None):
+    return read_panoptic(case.path, label_set=label_set, instance_path=case.instance)
+
+
+@dataclass
+class EvaluationReport:
+    """Per-case rows, per-instance rows and dataset-level results of one evaluation run."""
+
+    label_set: LabelSet
+    cases: list[dict] = field(default_factory=list)
+    instances: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    missing_predictions: list[str] = field(default_factory=list)
+    unmatched_predictions: list[str] = field(default_factory=list)
+    quality: PanopticQuality | None = None
+    lesions: LesionEvaluation | None = None
+    per_image: list[PanopticQuality] = field(default_factory=list)
+
+    def summary_rows(self) -> list[dict]:
+        """Dataset-level rows: per class (summed counts, as COCO) then the overall means."""
+        rows = []
+        if self.quality is None:
+            return rows
+        lesion_rows = {r["class_id"]: r for r in (self.lesions.per_class() if self.lesions else [])}
+        for row in self.quality.per_class():
+            extra = lesion_rows.get(row["class_id"], {})
+            rows.append({"scope": "dataset", **row, **{k: v for k, v in extra.items() if k not in row}})
+        for scope, values in (("dataset", self.quality.summary()), ("mean over images", mean_over_images(self.per_image))):
+            rows.append({"scope": scope, "class": "all classes", **values})
+        return rows
+
+    def write(self, out: str | os.PathLike) -> list[Path]:
+        """Write `<out>` (per case), `<out stem>_instances.csv` and `<out stem>_summary.csv`."""
+        from ..io.atomic import atomic_paths
+
+        out = Path(out)
+        stem = out.with_suffix("")
+        paths = [out, Path(f"{stem}_instances.csv"), Path(f"{stem}_summary.csv")]
+        tables = [self.cases + self.errors, self.instances, self.summary_rows()]
+        with atomic_paths(*paths) as temps:
+            for tmp, rows in zip(temps, tables):
+                _write_csv(tmp, rows)
+        return paths
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns or ["case"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def evaluate_folders(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    label_set: LabelSet | None = None,
+    void_label: int | None = None,
+    iou_threshold: float = 0.5,
+    surface: bool = True,
+    progress: bool = True,
+) -> EvaluationReport:
+    """Evaluate every case present in both folders; cases that fail to read become error rows."""
+    from tqdm import tqdm
+
+    predictions, truths = find_cases(pred_dir), find_cases(gt_dir)
+    if label_set is None and (Path(gt_dir) / "dataset.json").exists():
+        from ..io.decathlon import load_datalist
+
+        label_set = load_datalist(gt_dir)[1]
+    if not truths:
+        raise InputError(gt_dir, "no ground-truth cases found (expected *_label.nii.gz, *_pair.nii.gz, label maps or labelsTr/)")
+    common = sorted(set(predictions) & set(truths))
+    missing = sorted(set(truths) - set(predictions))
+    extra = sorted(set(predictions) - set(truths))
+    rows, instance_rows, errors, per_image = [], [], [], []
+    total_quality = total_lesions = None
+    for name in tqdm(common, desc="evaluating", unit="case", disable=not progress or None):
+        try:
+            gt, labels = _read(truths[name], label_set)
+            label_set = label_set or labels
+            pred, _ = _read(predictions[name], label_set)
+            if pred.shape != gt.shape or not np.allclose(pred.affine.numpy(), gt.affine.numpy(), atol=1e-3):
+                raise GeometryError(predictions[name].path, f"prediction grid {tuple(pred.shape[1:])} does not match the ground truth's {tuple(gt.shape[1:])} (or its affine differs)")
+            spacing = spacing_from_affine(gt.affine.numpy(), gt.ndim - 1)
+            quality = panoptic_quality(pred, gt, label_set, void_label=void_label, iou_threshold=iou_threshold)
+            lesions = lesion_metrics(pred, gt, label_set, spacing, quality=quality, surface=surface)
+        except MedPanopticError as e:
+            errors.append({"case": name, "error": str(e)})
+            continue
+        per_image.append(quality)
+        total_quality = quality if total_quality is None else total_quality + quality
+        total_lesions = lesions if total_lesions is None else total_lesions + lesions
+        row = {"case": name, **quality.summary()}
+        for c in quality.per_class():
+            row[f"pq_{c['class']}"] = c["pq"]
+        for c in lesions.per_class():
+            row.update({f"{k}_{c['class']}": c[k] for k in ("tp", "fp", "fn", "f1")})
+        rows.append(row)
+        instance_rows += [{"case": name, **r} for r in lesions.instances]
+    return EvaluationReport(label_set or LabelSet.from_names(stuff=["unknown"]), rows, instance_rows, errors,
+                            missing, extra, total_quality, total_lesions, per_image)
+
+
+def format_summary(report: EvaluationReport) -> str:
+    """A plain-text table of the dataset-level results."""
+    lines = [f"{'class':<20}{'kind':<7}{'TP':>6}{'FP':>6}{'FN':>6}{'PQ':>8}{'SQ':>8}{'RQ':>8}"]
+    if report.quality is not None:
+        for r in report.quality.per_class():
+            lines.append(f"{r['class']:<20}{r['kind']:<7}{r['tp']:>6}{r['fp']:>6}{r['fn']:>6}"
+                         f"{_num(r['pq']):>8}{_num(r['sq']):>8}{_num(r['rq']):>8}")
+        s = report.quality.summary()
+        lines.append(f"PQ {_num(s['pq'])}   PQ_things {_num(s['pq_things'])}   PQ_stuff {_num(s['pq_stuff'])}   "
+                     f"(dataset level, {len(report.cases)} case(s))")
+    return "\n".join(lines)
+
+
+def _num(v: float) -> str:
+    return "n/a" if v != v else f"{v:.3f}"
+
