@@ -160,9 +160,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 1 if failed or report.errors else 0
 
 
+# -- export -------------------------------------------------------------------------------
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    from .io.export import FORMATS
+
+    p.add_argument("stem", help="a panoptic result written by medpanoptic (<stem>_label.nii.gz, ...)")
+    p.add_argument("--source", help="the source scan (required for DICOM SEG; gives intensities to the table)")
+    p.add_argument("--to", default="seg-nrrd,labelmap,table", help=f"comma-separated formats: {', '.join(FORMATS)}")
+    p.add_argument("--out", help="output stem (default: the input stem)")
+    p.add_argument("--series-uid", help="which series of a DICOM source folder")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .io import read_panoptic, read_scan
+    from .io.export import export
+
+    pair, label_set = read_panoptic(args.stem)
+    source = read_scan(args.source, args.series_uid) if args.source else None
+    written = export(pair, label_set, args.out or args.stem, [f.strip() for f in args.to.split(",") if f.strip()], source)
+    for name, path in written.items():
+        print(f"{name:>20}: {path}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "info": ("print a scan's geometry (and, for a DICOM folder, its series)", _configure_info, run_info),
     "phantom": ("write synthetic phantoms with panoptic truth as a Decathlon-layout dataset", _configure_phantom, run_phantom),
+    "export": ("write a result as DICOM SEG, Slicer .seg.nrrd, viewer label map and instance table", _configure_export, run_export),
     "evaluate": ("panoptic quality and lesion-wise figures of predictions against ground truth", _configure_evaluate, run_evaluate),
 }
 

@@ -128,6 +128,7 @@ def read_panoptic(
     thing_classes: Iterable[int] | None = None,
     connectivity: int | None = None,
     instance_path: str | os.PathLike | None = None,
+    segment_mapping: dict[str, int] | None = None,
 ) -> tuple[MetaTensor, LabelSet]:
     """Read a panoptic result back as (pair MetaTensor, LabelSet).
 
@@ -136,8 +137,21 @@ def read_panoptic(
     `instance_path` when given (e.g. a dataset's `instancesTr/` map), else from connected
     components of the thing classes (full connectivity unless `connectivity` says otherwise)
     — the Decathlon case. The thing classes come from `label_set` or `thing_classes`.
+
+    A DICOM SEG or a Slicer `.seg.nrrd` (ours, or made by dcmqi, Slicer, ...) is mapped to
+    (label, instance) through `label_set` (required): by `segment_mapping` (segment name ->
+    class id), else the coded segment type, else the segment name.
     """
     path = Path(path)
+    if path.name.endswith(".seg.nrrd") or (path.suffix.lower() in (".dcm", "") and path.is_file()):
+        from .dicom_seg import is_dicom_seg, read_dicom_seg
+        from .seg_nrrd import read_seg_nrrd
+
+        if path.name.endswith(".seg.nrrd") or is_dicom_seg(path):
+            if label_set is None:
+                raise InputError(path, "mapping viewer segments back to classes needs a label set")
+            reader = read_seg_nrrd if path.name.endswith(".seg.nrrd") else read_dicom_seg
+            return _checked(reader(path, label_set, segment_mapping), label_set, path)
     for key, suffix in SUFFIXES.items():
         if path.name.endswith(suffix) and key != "pair":
             path = Path(str(path)[: -len(suffix)])

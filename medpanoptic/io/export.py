@@ -1,0 +1,55 @@
+"""Export a panoptic result for viewers: DICOM SEG, Slicer .seg.nrrd, a label map with colour tables, the instance table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+from monai.data import MetaTensor
+
+from ..errors import InputError
+from ..labels import LabelSet
+
+FORMATS = ("dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table")
+
+
+def export(
+    pair: MetaTensor,
+    label_set: LabelSet,
+    stem: str | os.PathLike,
+    formats: Iterable[str] = ("seg-nrrd", "labelmap", "table"),
+    source: MetaTensor | None = None,
+    scores: dict[int, float] | None = None,
+) -> dict[str, Path]:
+    """Write the requested formats beside `stem`; returns every written path by name.
+
+    `source` is the scan from `read_scan`: DICOM SEG needs it (to reference its slices), the
+    table uses its intensities.
+    """
+    from ..report import instance_table, write_instance_table
+    from .dicom_seg import write_dicom_seg
+    from .labelmap import write_labelmap
+    from .seg_nrrd import write_seg_nrrd
+
+    formats = list(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise InputError(None, f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    if any(f.startswith("dicom-seg") for f in formats) and source is None:
+        raise InputError(None, "DICOM SEG export needs the source DICOM scan (--source)")
+    written: dict[str, Path] = {}
+    for fmt in formats:
+        if fmt == "dicom-seg":
+            written[fmt] = write_dicom_seg(pair, label_set, source, f"{stem}_seg.dcm")
+        elif fmt == "dicom-seg-labelmap":
+            written[fmt] = write_dicom_seg(pair, label_set, source, f"{stem}_seg_labelmap.dcm", segmentation_type="LABELMAP")
+        elif fmt == "seg-nrrd":
+            written[fmt] = write_seg_nrrd(pair, label_set, f"{stem}.seg.nrrd")
+        elif fmt == "labelmap":
+            written.update(write_labelmap(pair, label_set, stem))
+        elif fmt == "table":
+            image = source if source is not None and tuple(source.shape[1:]) == tuple(pair.shape[1:]) else None
+            paths = write_instance_table(instance_table(pair, label_set, image, scores), stem)
+            written.update({f"table_{k}": v for k, v in paths.items()})
+    return written
