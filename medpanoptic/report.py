@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from scipy import ndimage
+import torch
 
 from .io.atomic import atomic_paths
 from .labels import LabelSet
@@ -23,30 +23,41 @@ from .pair import instance_summary
 
 
 def instance_table(pair, label_set: LabelSet, image=None, scores: Mapping[int, float] | None = None) -> list[dict]:
-    """Rows of the instance table (see the module docstring); `image` is (C, *spatial) on the pair's grid."""
+    """Rows of the instance table (see the module docstring); `image` is (C, *spatial) on the pair's grid.
+
+    Only the thing voxels are visited after one pass that finds them: boxes and intensity
+    statistics are per-instance reductions over that subset.
+    """
     arr = np.asarray(pair.detach().cpu() if hasattr(pair, "detach") else pair)
     affine = np.asarray(pair.affine, dtype=float)
     rows = instance_summary(arr, affine, label_set)
     if not rows:
         return []
     instance = arr[1]
-    boxes = ndimage.find_objects(instance)
-    ids = [r["instance"] for r in rows]
+    flat = torch.from_numpy(np.ascontiguousarray(instance).reshape(-1))
+    fg = torch.nonzero(flat).flatten()
+    ids = flat[fg].long()
+    n = int(ids.max()) + 1
+    coords = torch.stack([torch.as_tensor(c) for c in np.unravel_index(fg.numpy(), instance.shape)], 1)
+    lo = torch.full((n, coords.shape[1]), 2**62, dtype=torch.long).scatter_reduce(0, ids[:, None].expand_as(coords), coords, "amin")
+    hi = torch.full((n, coords.shape[1]), -1, dtype=torch.long).scatter_reduce(0, ids[:, None].expand_as(coords), coords, "amax")
     if image is not None:
-        values = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)[0]
-        if values.shape != instance.shape:
-            raise ValueError(f"image {values.shape} and result {instance.shape} are not on one grid")
-        means = ndimage.mean(values, labels=instance, index=ids)
-        maxima = ndimage.maximum(values, labels=instance, index=ids)
-    for k, row in enumerate(rows):
-        box = boxes[row["instance"] - 1]
-        row["bbox_min_voxel"] = [s.start for s in box]
-        row["bbox_max_voxel"] = [s.stop for s in box]
+        values_all = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)[0]
+        if values_all.shape != instance.shape:
+            raise ValueError(f"image {values_all.shape} and result {instance.shape} are not on one grid")
+        values = torch.from_numpy(np.ascontiguousarray(values_all).reshape(-1))[fg].double()
+        sums = torch.zeros(n, dtype=torch.double).index_add_(0, ids, values)
+        counts = torch.bincount(ids, minlength=n).double()
+        maxima = torch.full((n,), -np.inf, dtype=torch.double).scatter_reduce(0, ids, values, "amax")
+    for row in rows:
+        i = row["instance"]
+        row["bbox_min_voxel"] = lo[i].tolist()
+        row["bbox_max_voxel"] = (hi[i] + 1).tolist()
         if image is not None:
-            row["mean_intensity"] = float(means[k])
-            row["max_intensity"] = float(maxima[k])
+            row["mean_intensity"] = float(sums[i] / counts[i])
+            row["max_intensity"] = float(maxima[i])
         if scores is not None:
-            row["score"] = float(scores.get(row["instance"], float("nan")))
+            row["score"] = float(scores.get(i, float("nan")))
     return rows
 
 

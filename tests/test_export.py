@@ -227,3 +227,13 @@ def test_export_cli(dicom_case, tmp_path):
     for name in ("case_seg.dcm", "case.seg.nrrd", "case_segments.nii.gz", "case_instances.csv"):
         assert (tmp_path / name).exists()
     assert main(["export", str(tmp_path / "case"), "--to", "dicom-seg"]) == 2
+
+
+def test_segment_numbers_skip_absent_stuff():
+    from medpanoptic.labels import ct_lesion_labels
+
+    labels = ct_lesion_labels()  # soft tissue 1, liver 2 (stuff), lesion 3 (thing)
+    pair = np.stack([np.array([[0, 1, 3, 3, 1]]), np.array([[0, 0, 7, 7, 0]])])  # no liver
+    numbers, segments = segment_map(pair, labels)
+    assert [(s.number, s.label, s.instance, s.name) for s in segments] == [(1, 1, 0, "Soft tissue"), (2, 3, 7, "Lesion 7")]
+    assert numbers.tolist() == [[0, 1, 2, 2, 1]]

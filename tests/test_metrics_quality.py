@@ -190,3 +190,28 @@ def test_matches_panoptica_for_things(seed, dims):
         if math.isnan(row[name]):
             continue
         assert row[name] == pytest.approx(theirs[name], abs=1e-6), name
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), dims=st.sampled_from([2, 3]))
+def test_torch_path_equals_compiled_path(seed, dims):
+    """The torch pass (what runs on a GPU) and the compiled CPU pass build the same table."""
+    rng = np.random.default_rng(seed)
+    gt = random_truth(rng, (48, 40) if dims == 2 else (24, 20, 16))
+    pred = perturb(rng, gt)
+    a = contingency(pred, gt, backend="numba")
+    b = contingency(torch.from_numpy(pred), torch.from_numpy(gt), backend="torch")
+    np.testing.assert_array_equal(a.gt_segments, b.gt_segments)
+    np.testing.assert_array_equal(a.pred_segments, b.pred_segments)
+    np.testing.assert_array_equal(a.overlaps[np.lexsort(a.overlaps.T[::-1])], b.overlaps[np.lexsort(b.overlaps.T[::-1])])
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_bad_ids_are_refused(backend):
+    from medpanoptic.errors import PanopticError
+
+    gt = pair([[1, 1, 0]], [[1, 1, 0]])
+    with pytest.raises(PanopticError, match="negative"):
+        contingency(pair([[1, -1, 0]], [[1, 0, 0]]), gt, backend=backend)
+    with pytest.raises(PanopticError, match="not in the label set"):
+        contingency(pair([[5, 1, 0]], [[1, 1, 0]]), gt, n_labels=2, backend=backend)

@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..labels import Code, LabelSet
 from .atomic import atomic_paths
 from .geometry import LPS_TO_RAS
+from .nifti import nifti_order
 from .scan import make_meta_tensor
 from .segments import TRAILING_NUMBER, class_of_segment, pair_from_segments, segment_map
 
@@ -31,7 +32,8 @@ def write_seg_nrrd(pair, label_set: LabelSet, path: str | os.PathLike, compressi
     if numbers.ndim == 2:
         numbers = numbers[:, :, None]
     document = {
-        "voxels": numbers,
+        # NRRD stores the first index fastest: hand over an array already in that layout
+        "voxels": nifti_order(numbers).T,
         "ijkToLPS": ijk_to_lps,
         "encoding": "gzip",
         "containedRepresentationNames": ["Binary labelmap"],

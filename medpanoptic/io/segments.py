@@ -42,30 +42,46 @@ def segment_name(cls: LabelClass, instance: int) -> str:
 
 
 def segment_map(pair, label_set: LabelSet) -> tuple[np.ndarray, list[Segment]]:
-    """The compact segment-number map (uint16, spatial) of a pair, and its segments in number order."""
+    """The compact segment-number map (uint16, spatial) of a pair, and its segments in number order.
+
+    The thing voxels are found once to number the instances; one compiled pass then writes
+    every voxel's number (stuff by class, things by instance) and counts the stuff classes.
+    """
+    from .._kernels import segment_numbers
+
     arr = np.asarray(pair.detach().cpu() if isinstance(pair, torch.Tensor) else pair)
-    label, instance = arr[0], arr[1]
-    stuff_present = [c for c in label_set if not c.is_thing and np.any(label == c.id)] if label_set.stuff_ids else []
-    fg = instance > 0
-    ids = np.unique(instance[fg]) if fg.any() else np.zeros(0, instance.dtype)
-    thing_labels = np.zeros(int(instance.max(initial=0)) + 1, np.int64)
-    thing_labels[instance[fg]] = label[fg]
-    n = len(stuff_present) + len(ids)
-    if n > MAX_SEGMENTS:
-        raise PanopticError(f"{n} segments do not fit a 16-bit viewer label map (at most {MAX_SEGMENTS})")
-    segments: list[Segment] = []
-    stuff_lut = np.zeros(max(int(label.max(initial=0)), label_set.max_id) + 1, np.uint16)
-    for c in stuff_present:
-        segments.append(Segment(len(segments) + 1, c.id, 0, segment_name(c, 0), c.color, c.category, c.type))
-        stuff_lut[c.id] = len(segments)
+    label, instance = np.ascontiguousarray(arr[0]), np.ascontiguousarray(arr[1])
+    if label.size and (int(label.min()) < 0 or int(label.max()) > label_set.max_id):
+        raise PanopticError(f"labels outside the label set's ids 0..{label_set.max_id}")
+    flat = torch.from_numpy(instance.reshape(-1))
+    fg = torch.nonzero(flat).flatten()
+    fg_instance = flat[fg].long()
+    fg_label = torch.from_numpy(label.reshape(-1))[fg].long()
+    ids = torch.unique(fg_instance).tolist()
+    thing_labels = np.zeros(max(ids, default=0) + 1, np.int64)
+    thing_labels[fg_instance.numpy()] = fg_label.numpy()
+    stuff = [c for c in label_set if not c.is_thing]
+    if len(stuff) + len(ids) > MAX_SEGMENTS:
+        raise PanopticError(f"{len(stuff) + len(ids)} segments do not fit a 16-bit viewer label map (at most {MAX_SEGMENTS})")
+    # provisional numbers: every stuff class, then the things; absent stuff classes are dropped after
+    stuff_lut = np.zeros(label_set.max_id + 1, np.uint16)
+    for k, c in enumerate(stuff, start=1):
+        stuff_lut[c.id] = k
+    order = sorted(ids, key=lambda i: (int(thing_labels[i]), i))
     thing_lut = np.zeros(len(thing_labels), np.uint16)
-    order = sorted(ids.tolist(), key=lambda i: (int(thing_labels[i]), i))
+    thing_lut[order] = np.arange(len(stuff) + 1, len(stuff) + len(order) + 1)
+    numbers, counts = segment_numbers(label, instance, stuff_lut, thing_lut)
+    present = [c for c in stuff if counts[c.id]]
+    if len(present) < len(stuff):  # renumber without the absent stuff classes
+        keep = np.zeros(len(stuff) + len(order) + 1, np.uint16)
+        kept = [stuff_lut[c.id] for c in present] + list(range(len(stuff) + 1, len(stuff) + len(order) + 1))
+        keep[kept] = np.arange(1, len(kept) + 1)
+        numbers = keep[numbers]
+    segments = [Segment(k, c.id, 0, segment_name(c, 0), c.color, c.category, c.type) for k, c in enumerate(present, start=1)]
     for inst in order:
         c = label_set[int(thing_labels[inst])]
         segments.append(Segment(len(segments) + 1, c.id, int(inst), segment_name(c, int(inst)), c.color, c.category, c.type))
-        thing_lut[inst] = len(segments)
-    numbers = np.where(fg, thing_lut[instance], stuff_lut[label])
-    return numbers.astype(np.uint16, copy=False), segments
+    return numbers, segments
 
 
 TRAILING_NUMBER = re.compile(r"(\d+)\s*$")

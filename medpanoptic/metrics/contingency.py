@@ -80,7 +80,7 @@ def contingency(pred, gt, n_labels: int | None = None, backend: str | None = Non
         n_labels = max(int(gl.max()), int(pl.max())) + 1
     backend = backend or ("numba" if gl.device.type == "cpu" else "torch")
     if backend == "numba":
-        from ._kernels import confusion_and_things
+        from .._kernels import confusion_and_things
 
         confusion, sub = confusion_and_things(*(t.contiguous().numpy() for t in (gl, gi, pl, pi)), n_labels)
         if confusion is None:

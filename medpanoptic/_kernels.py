@@ -75,3 +75,28 @@ def confusion_and_things(gl: np.ndarray, gi: np.ndarray, pl: np.ndarray, pi: np.
     out = np.empty((4, int(found.sum())), np.int64)
     _gather(gl, gi, pl, pi, found, offsets, out)
     return confusion.reshape(n_labels, n_labels), out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _segment_numbers(label, instance, stuff_lut, thing_lut, out):  # pragma: no cover - compiled
+    n = label.size
+    step = (n + BLOCKS - 1) // BLOCKS
+    counts = np.zeros((BLOCKS, stuff_lut.size), np.int64)
+    for b in prange(BLOCKS):
+        for v in range(b * step, min(n, (b + 1) * step)):
+            i = instance[v]
+            if i != 0:
+                out[v] = thing_lut[i]
+            else:
+                g = label[v]
+                out[v] = stuff_lut[g]
+                counts[b, g] += 1
+    return counts.sum(axis=0)
+
+
+def segment_numbers(label: np.ndarray, instance: np.ndarray, stuff_lut: np.ndarray, thing_lut: np.ndarray):
+    """Segment number of every voxel (thing instances by `thing_lut[instance]`, the rest by
+    `stuff_lut[label]`), and the count of instance-0 voxels per label. One parallel pass."""
+    out = np.empty(label.size, np.uint16)
+    counts = _segment_numbers(label.reshape(-1), instance.reshape(-1), stuff_lut, thing_lut, out)
+    return out.reshape(label.shape), counts
