@@ -100,3 +100,59 @@ def segment_numbers(label: np.ndarray, instance: np.ndarray, stuff_lut: np.ndarr
     out = np.empty(label.size, np.uint16)
     counts = _segment_numbers(label.reshape(-1), instance.reshape(-1), stuff_lut, thing_lut, out)
     return out.reshape(label.shape), counts
+
+
+STATS_BLOCKS = 8
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _pair_stats(label, instance, d1, d2, n_labels, n_ids):  # pragma: no cover - compiled
+    n = label.size
+    step = (n + STATS_BLOCKS - 1) // STATS_BLOCKS
+    hist = np.zeros((STATS_BLOCKS, 2, n_labels), np.int64)  # [instance == 0, instance > 0] per label
+    count = np.zeros((STATS_BLOCKS, n_ids), np.int64)
+    total = np.zeros((STATS_BLOCKS, n_ids, 3), np.float64)
+    low = np.full((STATS_BLOCKS, n_ids, 4), np.iinfo(np.int64).max, np.int64)  # i, j, k, label
+    high = np.full((STATS_BLOCKS, n_ids, 4), -1, np.int64)
+    bad = np.zeros(STATS_BLOCKS, np.int64)
+    for b in prange(STATS_BLOCKS):
+        for v in range(b * step, min(n, (b + 1) * step)):
+            g = np.int64(label[v])
+            t = np.int64(instance[v])
+            if g < 0 or g >= n_labels or t < 0 or t >= n_ids:
+                bad[b] = 1
+                continue
+            if t == 0:
+                hist[b, 0, g] += 1
+                continue
+            hist[b, 1, g] += 1
+            count[b, t] += 1
+            i = v // (d1 * d2)
+            j = (v // d2) % d1
+            k = v % d2
+            total[b, t, 0] += i
+            total[b, t, 1] += j
+            total[b, t, 2] += k
+            for axis, value in ((0, i), (1, j), (2, k), (3, g)):
+                if value < low[b, t, axis]:
+                    low[b, t, axis] = value
+                if value > high[b, t, axis]:
+                    high[b, t, axis] = value
+    low_all = low[0]
+    high_all = high[0]
+    for b in range(1, STATS_BLOCKS):
+        low_all = np.minimum(low_all, low[b])
+        high_all = np.maximum(high_all, high[b])
+    return hist.sum(axis=0), count.sum(axis=0), total.sum(axis=0), low_all, high_all, bad.max()
+
+
+def pair_stats(label: np.ndarray, instance: np.ndarray, n_labels: int, n_ids: int):
+    """One parallel pass over a pair: label histograms of instance-0 and instance voxels, and per
+    instance id its voxel count, coordinate sums, bounding box and smallest/largest label.
+
+    Returns None if some id is negative or not below `n_labels` / `n_ids`.
+    """
+    shape = label.shape + (1,) * (3 - label.ndim)
+    result = _pair_stats(np.ascontiguousarray(label).reshape(-1), np.ascontiguousarray(instance).reshape(-1),
+                         shape[1], shape[2], n_labels, n_ids)
+    return None if result[-1] else result[:-1]

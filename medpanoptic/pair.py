@@ -6,6 +6,7 @@ Helpers to build and check pairs, to encode them as one integer per voxel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -40,11 +41,48 @@ def _max(t: torch.Tensor) -> int:
     return int(t.max()) if t.numel() else 0
 
 
-def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: str = "panoptic pair") -> None:
-    """Refuse a malformed pair: shape, dtype, negative ids, instances on background or stuff, unknown labels.
+@dataclass(frozen=True)
+class PairStats:
+    """What one pass over a pair learns (CPU): label histograms and, per instance id, its voxel
+    count, centroid, bounding box and the smallest and largest label among its voxels."""
 
-    Two passes over the volume (a label histogram and the instance foreground); every other
-    rule is checked on the foreground voxels only. Runs on the pair's device.
+    label_voxels: np.ndarray  # (2, n_labels): voxels of each label with instance 0 / with an instance
+    instance_voxels: np.ndarray  # (n_ids,)
+    coordinate_sums: np.ndarray  # (n_ids, 3)
+    box_low: np.ndarray  # (n_ids, 3) inclusive voxel index
+    box_high: np.ndarray  # (n_ids, 3) inclusive voxel index
+    label_low: np.ndarray  # (n_ids,)
+    label_high: np.ndarray  # (n_ids,)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.flatnonzero(self.instance_voxels)
+
+
+def pair_stats(pair, n_labels: int | None = None) -> PairStats | None:
+    """`PairStats` of a CPU pair in one compiled pass; None if an id is negative or a label >= `n_labels`."""
+    from ._kernels import pair_stats as kernel
+
+    arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
+    label, instance = arr[LABEL], arr[INSTANCE]
+    if label.size == 0:
+        return None
+    n_labels = n_labels or int(label.max()) + 1
+    n_ids = max(int(instance.max()), 0) + 1
+    result = kernel(label, instance, n_labels, n_ids)
+    if result is None:
+        return None
+    hist, count, total, low, high = result
+    return PairStats(hist, count, total, low[:, :3], high[:, :3], low[:, 3], high[:, 3])
+
+
+def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: str = "panoptic pair") -> PairStats | None:
+    """Refuse a malformed pair: shape, dtype, negative ids, instances on background or stuff,
+    thing voxels without an instance, unknown labels, an instance id spanning two classes.
+
+    On the CPU one compiled pass gathers everything the rules need (`pair_stats`) and is
+    returned, so that callers need not pass over the voxels again; on other devices torch
+    checks the same rules on the instance voxels (and None is returned).
     """
     pair = torch.as_tensor(pair).as_subclass(torch.Tensor)  # plain tensor: no meta bookkeeping per op
     if pair.ndim not in (3, 4) or pair.shape[0] != 2:
@@ -52,20 +90,41 @@ def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: st
     if pair.dtype.is_floating_point or pair.dtype == torch.bool:
         raise PanopticError(f"{source}: expected an integer dtype, got {pair.dtype}")
     if pair.numel() == 0:
-        return
+        return None
+    stats = pair_stats(pair, label_set.max_id + 1 if label_set else None) if pair.device.type == "cpu" else None
+    if stats is None:
+        _check_with_torch(pair, label_set, source)
+        return None
+    without, with_instance = stats.label_voxels
+    if with_instance[0]:
+        raise PanopticError(f"{source}: instance ids on background (label 0) voxels")
+    if label_set is not None:
+        if any(with_instance[c] for c in label_set.stuff_ids):
+            raise PanopticError(f"{source}: stuff classes must carry instance 0")
+        if any(without[c] for c in label_set.thing_ids):
+            raise PanopticError(f"{source}: thing voxels with instance 0")
+        unknown = [v for v in np.flatnonzero(without + with_instance).tolist() if v and v not in label_set]
+        if unknown:
+            raise PanopticError(f"{source}: label ids {unknown} are not in the label set {label_set.ids}")
+    ids = stats.ids
+    bad = ids[stats.label_low[ids] != stats.label_high[ids]].tolist()
+    if bad:
+        raise PanopticError(f"{source}: instance ids {bad[:10]} span more than one class")
+    return stats
+
+
+def _check_with_torch(pair: torch.Tensor, label_set: LabelSet | None, source: str) -> None:
     label, instance = pair[LABEL].reshape(-1), pair[INSTANCE].reshape(-1)
-    label_min, label_max = (int(v) for v in torch.aminmax(label))
-    if label_min < 0 or int(instance.min()) < 0:
+    label_max = int(label.max())
+    if int(label.min()) < 0 or int(instance.min()) < 0:
         raise PanopticError(f"{source}: negative label or instance ids")
     foreground = torch.nonzero(instance).flatten()
     ids, fg_labels = instance[foreground].long(), label[foreground].long()
     if bool((fg_labels == 0).any()):
         raise PanopticError(f"{source}: instance ids on background (label 0) voxels")
     if label_set is not None:
-        absent = [v for v in range(1, label_max + 1) if v not in label_set]
-        unknown = absent if len(absent) > 16 else [v for v in absent if int(torch.count_nonzero(label == v))]
-        if unknown:
-            unknown = [v for v in torch.unique(label).tolist() if v and v not in label_set]
+        unknown = [v for v in torch.unique(label).tolist() if v and v not in label_set] if label_max > label_set.max_id or any(
+            v not in label_set for v in range(1, label_max + 1)) else []
         if unknown:
             raise PanopticError(f"{source}: label ids {unknown} are not in the label set {label_set.ids}")
         if label_set.stuff_ids and bool(torch.isin(fg_labels, torch.as_tensor(label_set.stuff_ids, device=label.device)).any()):
@@ -74,7 +133,6 @@ def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: st
         if thing_voxels != foreground.numel():
             raise PanopticError(f"{source}: thing voxels with instance 0")
     if ids.numel():
-        # an instance id names one object: it must not span two classes
         lo = torch.full((int(ids.max()) + 1,), torch.iinfo(torch.int64).max, device=ids.device).scatter_reduce(0, ids, fg_labels, "amin")
         hi = torch.full_like(lo, -1).scatter_reduce(0, ids, fg_labels, "amax")
         bad = torch.nonzero((hi >= 0) & (lo != hi)).flatten().tolist()
@@ -111,46 +169,40 @@ def relabel_sequential(instance: np.ndarray) -> np.ndarray:
 
 
 def instance_summary(
-    pair: torch.Tensor, affine: np.ndarray, label_set: LabelSet | None = None,
+    pair, affine: np.ndarray, label_set: LabelSet | None = None, stats: PairStats | None = None,
 ) -> list[dict]:
     """One entry per thing instance: id, class id/name, voxel count, volume in mm³, centroid.
 
-    Centroids are given in voxel indices and in patient millimetres (RAS and LPS). One pass:
-    counts and coordinate sums come from bincounts over the foreground voxels.
+    Centroids are given in voxel indices and in patient millimetres (RAS and LPS). Computed
+    from `pair_stats` (one pass), or from `stats` already gathered.
     """
     from .io.geometry import spacing_from_affine, voxel_to_ras
 
     arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
-    label, instance = arr[LABEL], arr[INSTANCE]
-    ndim = label.ndim
-    fg = torch.nonzero(torch.from_numpy(np.ascontiguousarray(instance)).reshape(-1)).flatten().numpy()
-    if fg.size == 0:
+    ndim = arr.ndim - 1
+    stats = stats or pair_stats(arr)
+    if stats is None:
+        raise PanopticError("negative label or instance ids")
+    present = stats.ids
+    if present.size == 0:
         return []
-    ids = instance.ravel()[fg].astype(np.int64)
-    n = int(ids.max()) + 1
-    counts = np.bincount(ids, minlength=n)
-    coords = np.unravel_index(fg, label.shape)
-    centroid = np.stack([np.bincount(ids, weights=c, minlength=n) for c in coords], axis=1)
-    labels = np.zeros(n, dtype=np.int64)
-    labels[ids] = label.ravel()[fg]
-    voxel_volume = float(np.prod(spacing_from_affine(affine, ndim)))
-    present = np.flatnonzero(counts)
-    centroid = centroid[present] / counts[present, None]
+    counts = stats.instance_voxels[present]
+    centroid = stats.coordinate_sums[present, :ndim] / counts[:, None]
     ras = voxel_to_ras(affine, centroid)
+    voxel_volume = float(np.prod(spacing_from_affine(affine, ndim)))
     out = []
-    for row, inst in enumerate(present):
-        cls = int(labels[inst])
-        entry = {
-            "instance": int(inst),
+    for row, inst in enumerate(present.tolist()):
+        cls = int(stats.label_low[inst])
+        out.append({
+            "instance": inst,
             "label": cls,
             "class": label_set[cls].name if label_set is not None and cls in label_set else str(cls),
-            "voxels": int(counts[inst]),
-            "volume_mm3": float(counts[inst] * voxel_volume),
+            "voxels": int(counts[row]),
+            "volume_mm3": float(counts[row] * voxel_volume),
             "centroid_voxel": [float(v) for v in centroid[row]],
             "centroid_ras_mm": [float(v) for v in ras[row]],
             "centroid_lps_mm": [float(-ras[row][0]), float(-ras[row][1]), float(ras[row][2])],
-        }
-        out.append(entry)
+        })
     return out
 
 

@@ -19,42 +19,39 @@ import torch
 
 from .io.atomic import atomic_paths
 from .labels import LabelSet
-from .pair import instance_summary
+from .pair import instance_summary, pair_stats
 
 
 def instance_table(pair, label_set: LabelSet, image=None, scores: Mapping[int, float] | None = None) -> list[dict]:
     """Rows of the instance table (see the module docstring); `image` is (C, *spatial) on the pair's grid.
 
-    Only the thing voxels are visited after one pass that finds them: boxes and intensity
-    statistics are per-instance reductions over that subset.
+    Counts, centroids and boxes come from one pass over the pair (`pair_stats`); intensity
+    statistics are reductions over the thing voxels only.
     """
     arr = np.asarray(pair.detach().cpu() if hasattr(pair, "detach") else pair)
     affine = np.asarray(pair.affine, dtype=float)
-    rows = instance_summary(arr, affine, label_set)
+    stats = pair_stats(arr)
+    rows = instance_summary(arr, affine, label_set, stats=stats)
     if not rows:
         return []
-    instance = arr[1]
-    flat = torch.from_numpy(np.ascontiguousarray(instance).reshape(-1))
-    fg = torch.nonzero(flat).flatten()
-    ids = flat[fg].long()
-    n = int(ids.max()) + 1
-    coords = torch.stack([torch.as_tensor(c) for c in np.unravel_index(fg.numpy(), instance.shape)], 1)
-    lo = torch.full((n, coords.shape[1]), 2**62, dtype=torch.long).scatter_reduce(0, ids[:, None].expand_as(coords), coords, "amin")
-    hi = torch.full((n, coords.shape[1]), -1, dtype=torch.long).scatter_reduce(0, ids[:, None].expand_as(coords), coords, "amax")
+    ndim = arr.ndim - 1
     if image is not None:
         values_all = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)[0]
-        if values_all.shape != instance.shape:
-            raise ValueError(f"image {values_all.shape} and result {instance.shape} are not on one grid")
+        if values_all.shape != arr.shape[1:]:
+            raise ValueError(f"image {values_all.shape} and result {arr.shape[1:]} are not on one grid")
+        flat = torch.from_numpy(np.ascontiguousarray(arr[1]).reshape(-1))
+        fg = torch.nonzero(flat).flatten()
+        ids = flat[fg].long()
+        n = len(stats.instance_voxels)
         values = torch.from_numpy(np.ascontiguousarray(values_all).reshape(-1))[fg].double()
         sums = torch.zeros(n, dtype=torch.double).index_add_(0, ids, values)
-        counts = torch.bincount(ids, minlength=n).double()
         maxima = torch.full((n,), -np.inf, dtype=torch.double).scatter_reduce(0, ids, values, "amax")
     for row in rows:
         i = row["instance"]
-        row["bbox_min_voxel"] = lo[i].tolist()
-        row["bbox_max_voxel"] = (hi[i] + 1).tolist()
+        row["bbox_min_voxel"] = stats.box_low[i, :ndim].tolist()
+        row["bbox_max_voxel"] = (stats.box_high[i, :ndim] + 1).tolist()
         if image is not None:
-            row["mean_intensity"] = float(sums[i] / counts[i])
+            row["mean_intensity"] = float(sums[i]) / row["voxels"]
             row["max_intensity"] = float(maxima[i])
         if scores is not None:
             row["score"] = float(scores.get(i, float("nan")))

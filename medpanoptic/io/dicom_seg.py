@@ -10,6 +10,7 @@ compact option. Reading maps segments back to (label, instance) through the labe
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ from ..errors import GeometryError, InputError
 from ..labels import Code, LabelSet
 from .atomic import atomic_paths
 from .geometry import LPS_TO_RAS
+from .nifti import nifti_order
 from .scan import make_meta_tensor, read_scan
 from .segments import TRAILING_NUMBER, class_of_segment, pair_from_segments, segment_map
 
@@ -33,12 +35,6 @@ SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7
 
 def _coded(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
-
-
-def _source_datasets(scan: MetaTensor, where: str) -> list[pydicom.Dataset]:
-    if str(scan.meta.get("source_format", "")).split("-")[0] != "dicom":
-        raise InputError(where, f"a DICOM SEG needs a DICOM source scan; this one is {scan.meta.get('source_format', 'unknown')}")
-    return [pydicom.dcmread(f, stop_before_pixels=True) for f in scan.meta["source_files"]]
 
 
 def write_dicom_seg(
@@ -61,13 +57,17 @@ def write_dicom_seg(
 
     scan = source if isinstance(source, MetaTensor) else read_scan(source)
     where = str(scan.meta.get("filename_or_obj", source if not isinstance(source, MetaTensor) else "source"))
-    datasets = _source_datasets(scan, where)
+    if str(scan.meta.get("source_format", "")).split("-")[0] != "dicom":
+        raise InputError(where, f"a DICOM SEG needs a DICOM source scan; this one is {scan.meta.get('source_format', 'unknown')}")
     if tuple(pair.shape[1:]) != tuple(scan.shape[1:]) or not np.allclose(np.asarray(pair.affine), np.asarray(scan.affine), atol=1e-3):
         raise GeometryError(where, f"the result {tuple(pair.shape[1:])} is not on the source scan's grid {tuple(scan.shape[1:])}")
-    numbers, segments = segment_map(pair, label_set)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the segment map (no GIL) while the headers are parsed
+        numbering = pool.submit(segment_map, pair, label_set)
+        datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in scan.meta["source_files"]]
+        numbers, segments = numbering.result()
     if not segments:
         raise InputError(where, "the result is empty: a DICOM SEG needs at least one segment")
-    frames = np.ascontiguousarray(numbers.transpose(2, 1, 0))  # (slice, row, column), slices in source order
+    frames = nifti_order(numbers)  # (slice, row, column), slices in source order
     if scan.meta.get("source_format") == "dicom-enhanced":
         frames = frames[np.argsort(scan.meta["frame_numbers"])]  # back to the source's own frame order
     algorithm = hd.AlgorithmIdentificationSequence(

@@ -70,8 +70,8 @@ def write_panoptic(
         with ThreadPoolExecutor(max_workers=2) as pool:
             label_job = pool.submit(_write_map, tmp["label"], arr[LABEL], affine, compress)
             instance_job = pool.submit(_write_map, tmp["instance"], arr[INSTANCE], affine, compress, 255)
-            check_pair(pair, label_set)
-            instances = instance_summary(arr, affine, label_set)
+            stats = check_pair(pair, label_set)
+            instances = instance_summary(arr, affine, label_set, stats=stats)
             label, instance = label_job.result(), instance_job.result()
         if single_file:
             both = np.stack([label.astype(instance.dtype), instance])
