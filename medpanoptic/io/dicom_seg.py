@@ -9,6 +9,7 @@ compact option. Reading maps segments back to (label, instance) through the labe
 
 from __future__ import annotations
 
+import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,18 +83,26 @@ def write_dicom_seg(
         )
         for s in segments
     ]
-    seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=frames, segmentation_type=segmentation_type,
-        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=series_number,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medpanoptic",
-        manufacturer_model_name=algorithm_name, software_versions=__version__, device_serial_number="0",
-        series_description=series_description, content_label="PANOPTIC",
-        transfer_syntax_uid=RLELossless if segmentation_type == "LABELMAP" else pydicom.uid.ExplicitVRLittleEndian,
-        omit_empty_frames=segmentation_type == "BINARY",
-    )
-    path = Path(path)
-    with atomic_paths(path) as (tmp,):
-        seg.save_as(tmp)
+    # highdicom and pydicom build tens of thousands of small objects (one functional-group
+    # item per frame); pausing the cyclic garbage collector meanwhile saves a quarter of the time
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=datasets, pixel_array=frames, segmentation_type=segmentation_type,
+            segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=series_number,
+            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medpanoptic",
+            manufacturer_model_name=algorithm_name, software_versions=__version__, device_serial_number="0",
+            series_description=series_description, content_label="PANOPTIC",
+            transfer_syntax_uid=RLELossless if segmentation_type == "LABELMAP" else pydicom.uid.ExplicitVRLittleEndian,
+            omit_empty_frames=segmentation_type == "BINARY",
+        )
+        path = Path(path)
+        with atomic_paths(path) as (tmp,):
+            seg.save_as(tmp)
+    finally:
+        if collecting:
+            gc.enable()
     return path
 
 

@@ -13,6 +13,7 @@ alternately `--repeats` times; the best of each is compared.
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from medpanoptic.synthetic import ct_phantom
 
 
 def timed(fn):
+    gc.collect()  # each side starts without the other's garbage
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
