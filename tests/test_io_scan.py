@@ -267,3 +267,26 @@ def test_truncated_slice_in_a_series_is_named(oblique_series, tmp_path):
     with pytest.raises(InputError, match="truncated") as err:
         read_scan(tmp_path / "cut")
     assert "slice_0005.dcm" in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nhdr", ".mha", ".mhd"])
+def test_itk_formats_keep_oblique_geometry(oblique_ct, tmp_path, suffix):
+    """NRRD/NHDR and MHA/MHD written by SimpleITK come back on the same grid, same values."""
+    from medpanoptic.io.itk import sitk_from_array
+
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(sitk_from_array(oblique_ct.image[0].numpy(), oblique_ct.image.affine.numpy()), str(path))
+    scan = read_scan(path)
+    np.testing.assert_allclose(scan.affine.numpy(), oblique_ct.image.affine.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(scan.numpy(), oblique_ct.image.numpy())
+    assert scan.meta["source_format"] == suffix.lstrip(".")
+
+
+def test_tiff_microscopy_is_2d(tmp_path):
+    from PIL import Image
+
+    pixels = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 7) % 4096
+    Image.fromarray(pixels).save(tmp_path / "cells.tif")
+    scan = read_scan(tmp_path / "cells.tif")
+    assert scan.shape == (1, 30, 20)
+    np.testing.assert_array_equal(scan[0].numpy(), pixels.T)
