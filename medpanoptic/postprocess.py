@@ -1,0 +1,124 @@
+"""From the network's heads to a panoptic pair, in torch on whatever device the heads are on.
+
+`group_instances` (bottom-up, Panoptic-DeepLab): argmax -> thing mask -> center peaks (max-pool
+non-maximum suppression, threshold, top-k) -> each thing voxel joins the peak nearest to where
+its offset points (foreground voxels only, in chunks: never a centers x voxels tensor over a
+whole CT) -> instance class by majority vote -> instances below a volume in mm³ dropped ->
+stuff keeps instance 0 -> a confidence score per instance.
+
+`component_instances` is the baseline and fallback: connected components of each thing class
+of the argmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .labels import LabelSet
+from .pair import instances_from_semantic
+
+CHUNK = 1 << 18  # thing voxels assigned per step; with K centers, a CHUNK x K distance block
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Knobs of the grouping, in physical units where they have one."""
+
+    center_threshold: float = 0.3
+    nms_mm: float = 5.0  # window of the peak non-maximum suppression
+    top_k: int = 500
+    min_volume_mm3: float = 0.0
+
+
+def find_centers(center: torch.Tensor, spacing: Sequence[float], config: PostprocessConfig) -> torch.Tensor:
+    """(K, ndim) voxel coordinates of the heatmap's peaks, strongest first."""
+    heat = center[0] if center.ndim == len(spacing) + 1 else center
+    ndim = heat.ndim
+    window = [max(1, int(round(config.nms_mm / s)) // 2 * 2 + 1) for s in spacing[:ndim]]
+    pool = F.max_pool2d if ndim == 2 else F.max_pool3d
+    pooled = pool(heat[None, None].float(), kernel_size=window, stride=1, padding=[w // 2 for w in window])[0, 0]
+    peaks = (heat == pooled) & (heat > config.center_threshold)
+    coords = torch.nonzero(peaks)
+    if coords.shape[0] > config.top_k:
+        values = heat[tuple(coords.T)]
+        coords = coords[torch.topk(values, config.top_k).indices]
+    else:
+        coords = coords[torch.argsort(heat[tuple(coords.T)], descending=True)]
+    return coords
+
+
+def group_instances(
+    semantic_logits: torch.Tensor,
+    center: torch.Tensor,
+    offset: torch.Tensor,
+    label_set: LabelSet,
+    spacing: Sequence[float],
+    config: PostprocessConfig = PostprocessConfig(),
+) -> tuple[torch.Tensor, dict[int, float]]:
+    """(2, *spatial) int32 pair and {instance id: confidence} from the three heads of one image.
+
+    `semantic_logits` is (C, *sp) with channel index = class id, `center` (1, *sp), `offset`
+    (ndim, *sp) in voxels. Distances between voxels and centers are measured in mm.
+    """
+    probabilities = torch.softmax(semantic_logits.float(), dim=0)
+    semantic = torch.argmax(probabilities, dim=0)
+    ndim = semantic.ndim
+    scale = torch.as_tensor(list(spacing)[:ndim], dtype=torch.float32, device=semantic.device)
+    things = torch.as_tensor(label_set.thing_ids, device=semantic.device)
+    thing_mask = torch.isin(semantic, things)
+    instance = torch.zeros_like(semantic, dtype=torch.int32)
+    scores: dict[int, float] = {}
+    centers = find_centers(center, spacing, config)
+    voxels = torch.nonzero(thing_mask)
+    if centers.shape[0] and voxels.shape[0]:
+        target = (voxels.float() + offset[(slice(None),) + tuple(voxels.T)].T.float()) * scale
+        anchors = centers.float() * scale
+        owner = torch.empty(voxels.shape[0], dtype=torch.long, device=semantic.device)
+        for start in range(0, voxels.shape[0], CHUNK):
+            owner[start:start + CHUNK] = torch.cdist(target[start:start + CHUNK], anchors).argmin(dim=1)
+        ids = owner + 1
+        instance[tuple(voxels.T)] = ids.to(torch.int32)
+        # class of each instance: majority vote of its voxels' argmax among the thing classes
+        n_ids = centers.shape[0] + 1
+        votes = torch.zeros(n_ids, int(things.max()) + 1, device=semantic.device)
+        votes.index_put_((ids, semantic[tuple(voxels.T)]), torch.ones_like(ids, dtype=torch.float32), accumulate=True)
+        winner = votes.argmax(dim=1)
+        semantic[tuple(voxels.T)] = winner[ids]
+        counts = torch.bincount(ids, minlength=n_ids)
+        voxel_mm3 = float(torch.prod(scale))
+        too_small = counts.float() * voxel_mm3 < config.min_volume_mm3
+        drop = too_small[ids]
+        semantic[tuple(voxels[drop].T)] = 0
+        instance[tuple(voxels[drop].T)] = 0
+        confidence = torch.zeros(n_ids, device=semantic.device)
+        class_probability = probabilities[(winner[ids],) + tuple(voxels.T)]
+        confidence.index_add_(0, ids, class_probability)
+        peak = center.reshape(-1, *semantic.shape)[0][tuple(centers.T)]
+        for i in torch.nonzero((counts > 0) & ~too_small).flatten().tolist():
+            scores[i] = float(peak[i - 1] * confidence[i] / counts[i])
+    else:
+        semantic[thing_mask] = 0
+    instance, scores = _renumber(instance, scores)
+    return torch.stack([semantic.to(torch.int32), instance]), scores
+
+
+def _renumber(instance: torch.Tensor, scores: dict[int, float]) -> tuple[torch.Tensor, dict[int, float]]:
+    """Instance ids 1..N in order of decreasing score."""
+    order = sorted(scores, key=lambda i: -scores[i])
+    lut = torch.zeros(int(instance.max()) + 1, dtype=torch.int32, device=instance.device)
+    for new, old in enumerate(order, start=1):
+        lut[old] = new
+    return lut[instance.long()], {new: scores[old] for new, old in enumerate(order, start=1)}
+
+
+def component_instances(semantic_logits: torch.Tensor, label_set: LabelSet, connectivity: int | None = None) -> torch.Tensor:
+    """(2, *spatial) pair from the argmax alone: instances are connected components of each thing class."""
+    semantic = torch.argmax(semantic_logits, dim=0)
+    label = semantic.cpu().numpy()
+    instance = instances_from_semantic(label, label_set.thing_ids, connectivity)
+    return torch.stack([semantic.to(torch.int32), torch.from_numpy(instance).to(semantic.device)])
