@@ -81,7 +81,9 @@ def test_sliding_window_inference_on_the_image_grid():
 
     phantom = nuclei_phantom(shape=(96, 80), n_nuclei=6, seed=1)
     net = PanopticNet(2, 1, 3, filters=(8, 16, 32))
-    pair, scores = panoptic_inference((phantom.image - 60) / 60, net, phantom.label_set, roi_size=(64, 64), device="cpu")
+    config = PostprocessConfig(center_threshold=0.3, nms_mm=0.003)
+    pair, scores = panoptic_inference((phantom.image - 60) / 60, net, phantom.label_set, roi_size=(64, 64), config=config,
+                                      device="cpu")
     assert pair.shape == (2, 96, 80) and pair.dtype == torch.int32
     np.testing.assert_allclose(pair.affine.numpy(), phantom.image.affine.numpy(), atol=1e-6)
 
@@ -135,3 +137,23 @@ def test_training_on_cpu_beats_connected_components():
     pq_grouping, pq_components = grouped.summary()["pq_things"], components.summary()["pq_things"]
     assert pq_grouping >= 0.8, (pq_grouping, pq_components)
     assert pq_grouping - pq_components >= 0.1, (pq_grouping, pq_components)
+
+
+@pytest.mark.parametrize("spacing, nms_mm", [((1.0, 1.0, 1.0), 3.0), ((0.7, 0.9, 2.5), 5.0), ((0.5, 0.5), 2.0)])
+def test_sparse_peak_finding_equals_dense_max_pool(spacing, nms_mm):
+    import torch.nn.functional as F
+
+    from medpanoptic.postprocess import find_centers
+
+    torch.manual_seed(0)
+    shape = (40, 36, 20)[: len(spacing)]
+    heat = torch.rand(shape)
+    config = PostprocessConfig(center_threshold=0.6, nms_mm=nms_mm, top_k=10_000)
+    window = [max(1, int(round(nms_mm / s))) // 2 * 2 + 1 for s in spacing]
+    pool = F.max_pool3d if len(shape) == 3 else F.max_pool2d
+    pooled = pool(heat[None, None], kernel_size=window, stride=1, padding=[w // 2 for w in window])[0, 0]
+    dense = torch.nonzero((heat == pooled) & (heat > 0.6))
+    sparse = find_centers(heat[None], spacing, config)
+    assert sorted(map(tuple, sparse.tolist())) == sorted(map(tuple, dense.tolist()))
+    values = heat[tuple(sparse.T)]
+    assert torch.all(values[:-1] >= values[1:])  # strongest first
