@@ -8,7 +8,6 @@ exactly those files in exactly that order, so every transfer syntax GDCM knows i
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence

@@ -20,7 +20,7 @@ from monai.data import MetaTensor
 
 from ..errors import GeometryError, InputError, PanopticError
 from ..labels import LabelSet
-from ..pair import INSTANCE, LABEL, check_pair, instance_summary, instances_from_semantic, make_pair
+from ..pair import INSTANCE, LABEL, check_pair, instance_summary, instances_from_semantic
 from .atomic import atomic_paths
 from .itk import array_from_sitk
 from .nifti import read_nifti, write_nifti
