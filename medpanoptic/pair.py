@@ -123,8 +123,10 @@ def _check_with_torch(pair: torch.Tensor, label_set: LabelSet | None, source: st
     if bool((fg_labels == 0).any()):
         raise PanopticError(f"{source}: instance ids on background (label 0) voxels")
     if label_set is not None:
-        unknown = [v for v in torch.unique(label).tolist() if v and v not in label_set] if label_max > label_set.max_id or any(
-            v not in label_set for v in range(1, label_max + 1)) else []
+        # labels missing from the set can only be present when some id up to the maximum is missing
+        unknown = []
+        if any(v not in label_set for v in range(1, label_max + 1)):
+            unknown = [v for v in torch.unique(label).tolist() if v and v not in label_set]
         if unknown:
             raise PanopticError(f"{source}: label ids {unknown} are not in the label set {label_set.ids}")
         if label_set.stuff_ids and bool(torch.isin(fg_labels, torch.as_tensor(label_set.stuff_ids, device=label.device)).any()):
@@ -180,7 +182,8 @@ def instance_summary(
 
     arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
     ndim = arr.ndim - 1
-    stats = stats or pair_stats(arr)
+    if stats is None:
+        stats = pair_stats(arr)
     if stats is None:
         raise PanopticError("negative label or instance ids")
     present = stats.ids

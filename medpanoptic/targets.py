@@ -17,23 +17,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from .labels import LabelSet
-
-
-def instance_centroids(instance: np.ndarray) -> dict[int, np.ndarray]:
-    """Centroid (voxel indices) of every instance id of a spatial instance map."""
-    flat = instance.reshape(-1)
-    fg = np.flatnonzero(flat)
-    if fg.size == 0:
-        return {}
-    ids = flat[fg].astype(np.int64)
-    n = int(ids.max()) + 1
-    counts = np.bincount(ids, minlength=n)
-    coords = np.unravel_index(fg, instance.shape)
-    sums = np.stack([np.bincount(ids, weights=c, minlength=n) for c in coords], 1)
-    return {int(i): sums[i] / counts[i] for i in np.flatnonzero(counts)}
+from .errors import PanopticError
+from .pair import pair_stats
 
 
 def panoptic_targets(
@@ -55,15 +42,18 @@ def panoptic_targets(
 
     center = np.zeros(shape, np.float32)
     offset = np.zeros((ndim,) + shape, np.float32)
-    boxes = ndimage.find_objects(instance)
-    for inst, c in instance_centroids(instance).items():
+    stats = pair_stats(np.stack([label, instance]))  # centroids and boxes in one pass
+    if stats is None:
+        raise PanopticError("negative label or instance ids in the ground truth")
+    for inst in stats.ids.tolist():
+        c = stats.coordinate_sums[inst, :ndim] / stats.instance_voxels[inst]
         lo = np.maximum(np.floor(c - 3 * sigma).astype(int), 0)
         hi = np.minimum(np.ceil(c + 3 * sigma).astype(int) + 1, shape)
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
         axes = np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi)], indexing="ij")
         blob = np.exp(-0.5 * sum(((x - ci) / si) ** 2 for x, ci, si in zip(axes, c, sigma))).astype(np.float32)
         np.maximum(center[box], blob, out=center[box])
-        own = boxes[inst - 1]
+        own = tuple(slice(a, b + 1) for a, b in zip(stats.box_low[inst, :ndim], stats.box_high[inst, :ndim]))
         where = np.nonzero(instance[own] == inst)
         voxels = tuple(w + s.start for w, s in zip(where, own))
         for axis in range(ndim):

@@ -28,7 +28,7 @@ from .atomic import atomic_paths
 from .geometry import LPS_TO_RAS
 from .nifti import nifti_order
 from .scan import make_meta_tensor, read_scan
-from .segments import TRAILING_NUMBER, class_of_segment, pair_from_segments, segment_map
+from .segments import class_of_segment, instance_from_name, pair_from_segments, segment_map
 
 SegmentationType = Literal["BINARY", "LABELMAP"]
 SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
@@ -154,11 +154,7 @@ def read_dicom_seg(
                         description.segmented_property_category.scheme_designator,
                         description.segmented_property_category.meaning)
         cls = class_of_segment(label_set, description.segment_label, type_code, category, mapping, str(path))
-        instance = None
-        tracking = description.tracking_id or description.segment_label
-        match = TRAILING_NUMBER.search(tracking or "")
-        if cls.is_thing and match:
-            instance = int(match.group(1))
+        instance = instance_from_name(cls, description.tracking_id or description.segment_label)
         specs.append((int(number), cls, instance))
     numbers, affine = _as_source_grid(volume.array, volume.affine)
     pair = pair_from_segments(numbers.astype(np.int64), specs)

@@ -19,7 +19,7 @@ from .atomic import atomic_paths
 from .geometry import LPS_TO_RAS
 from .nifti import nifti_order
 from .scan import make_meta_tensor
-from .segments import TRAILING_NUMBER, class_of_segment, pair_from_segments, segment_map
+from .segments import class_of_segment, instance_from_name, pair_from_segments, segment_map
 
 CONTEXT = "Segmentation category and type - medpanoptic"
 CLASS_TAG, INSTANCE_TAG = "medpanoptic.class_id", "medpanoptic.instance_id"
@@ -77,10 +77,7 @@ def read_seg_nrrd(path: str | os.PathLike, label_set: LabelSet, mapping: dict[st
             cls = label_set[int(tags[CLASS_TAG])]
         else:
             cls = class_of_segment(label_set, s["name"], type_code, category, mapping, str(path))
-        instance = int(tags[INSTANCE_TAG]) if INSTANCE_TAG in tags else None
-        if instance is None and cls.is_thing:
-            match = TRAILING_NUMBER.search(s["name"])
-            instance = int(match.group(1)) if match else None
+        instance = int(tags[INSTANCE_TAG]) if INSTANCE_TAG in tags else instance_from_name(cls, s["name"])
         specs.append((int(s["labelValue"]), cls, instance))
     pair = pair_from_segments(voxels.astype(np.int64), specs)
     affine = LPS_TO_RAS @ np.asarray(seg["ijkToLPS"], dtype=float)

@@ -87,6 +87,12 @@ def segment_map(pair, label_set: LabelSet) -> tuple[np.ndarray, list[Segment]]:
 TRAILING_NUMBER = re.compile(r"(\d+)\s*$")
 
 
+def instance_from_name(cls: LabelClass, text: str | None) -> int | None:
+    """The instance id a thing segment's TrackingID or name carries ('lesion 3' -> 3), if any."""
+    match = TRAILING_NUMBER.search(text or "") if cls.is_thing else None
+    return int(match.group(1)) if match else None
+
+
 def class_of_segment(label_set: LabelSet, name: str, type_code: Code | None, category_code: Code | None,
                      mapping: dict[str, int] | None = None, source: str | None = None) -> LabelClass:
     """The class a foreign segment stands for: an explicit mapping by name, then the coded type
