@@ -156,3 +156,96 @@ def pair_stats(label: np.ndarray, instance: np.ndarray, n_labels: int, n_ids: in
     result = _pair_stats(np.ascontiguousarray(label).reshape(-1), np.ascontiguousarray(instance).reshape(-1),
                          shape[1], shape[2], n_labels, n_ids)
     return None if result[-1] else result[:-1]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _assign(logits, offsets, dims, centers, scale, is_thing, semantic, owner, votes, probability):  # pragma: no cover
+    n_classes, n = logits.shape
+    ndim = offsets.shape[0]
+    n_centers = centers.shape[0]
+    per_block = (n + BLOCKS - 1) // BLOCKS
+    for b in prange(BLOCKS):
+        coord = np.zeros(ndim, np.float32)
+        exps = np.zeros(n_classes, np.float32)
+        for v in range(b * per_block, min(n, (b + 1) * per_block)):
+            best_class = 0
+            best = logits[0, v]
+            for c in range(1, n_classes):
+                if logits[c, v] > best:
+                    best = logits[c, v]
+                    best_class = c
+            semantic[v] = best_class
+            if not is_thing[best_class]:
+                owner[v] = 0
+                continue
+            if n_centers == 0:
+                owner[v] = -1
+                continue
+            rest = v
+            for a in range(ndim - 1, -1, -1):  # unravel the flat index (C order)
+                coord[a] = rest % dims[a]
+                rest //= dims[a]
+            nearest = 0
+            nearest_d = np.inf
+            for k in range(n_centers):
+                d = 0.0
+                for a in range(ndim):
+                    diff = (coord[a] + offsets[a, v] - centers[k, a]) * scale[a]
+                    d += diff * diff
+                if d < nearest_d:
+                    nearest_d = d
+                    nearest = k
+            owner[v] = nearest + 1
+            votes[b, nearest + 1, best_class] += 1
+            total = 0.0
+            for c in range(n_classes):
+                exps[c] = np.exp(logits[c, v] - best)
+                total += exps[c]
+            for c in range(n_classes):
+                if is_thing[c]:
+                    probability[b, nearest + 1, c] += exps[c] / total
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _relabel(semantic, owner, new_class, new_id, instance):  # pragma: no cover - compiled
+    n = semantic.size
+    per_block = (n + BLOCKS - 1) // BLOCKS
+    for b in prange(BLOCKS):
+        for v in range(b * per_block, min(n, (b + 1) * per_block)):
+            o = owner[v]
+            if o > 0:
+                semantic[v] = new_class[o]
+                instance[v] = new_id[o]
+            elif o < 0:  # a thing voxel without any center
+                semantic[v] = 0
+                instance[v] = 0
+            else:
+                instance[v] = 0
+
+
+def assign_to_centers(logits: np.ndarray, offsets: np.ndarray, centers: np.ndarray, scale: np.ndarray,
+                      is_thing: np.ndarray):
+    """One parallel pass: argmax, and for thing voxels the nearest center (in mm) after the offset.
+
+    Returns per voxel the class and the owner (0: not a thing, -1: a thing but no center,
+    k + 1: center k), and per center the class votes and the summed probability of each class.
+    """
+    n_classes, n = logits.shape[0], logits[0].size
+    dims = np.asarray(logits.shape[1:], np.int64)
+    flat_logits = logits.reshape(n_classes, n)
+    flat_offsets = offsets.reshape(offsets.shape[0], n)
+    semantic = np.empty(n, np.int32)
+    owner = np.empty(n, np.int32)
+    k = centers.shape[0]
+    votes = np.zeros((BLOCKS, k + 1, n_classes), np.int64)
+    probability = np.zeros((BLOCKS, k + 1, n_classes), np.float64)
+    _assign(flat_logits, flat_offsets, dims, centers.astype(np.float32), scale.astype(np.float32), is_thing,
+            semantic, owner, votes, probability)
+    return semantic, owner, votes.sum(axis=0), probability.sum(axis=0)
+
+
+def relabel(semantic: np.ndarray, owner: np.ndarray, new_class: np.ndarray, new_id: np.ndarray) -> np.ndarray:
+    """Apply the per-center class and instance id to every owned voxel (in place for `semantic`); returns the instances."""
+    instance = np.empty(semantic.shape, np.int32)
+    _relabel(semantic, owner, new_class.astype(np.int32), new_id.astype(np.int32), instance)
+    return instance

@@ -81,6 +81,7 @@ def _configure_phantom(p: argparse.ArgumentParser) -> None:
     p.add_argument("--things", type=int, help="lesions (3D) or nuclei (2D) per case")
     p.add_argument("--touching", type=float, default=0.3, help="fraction of things in touching pairs")
     p.add_argument("--rgb", action="store_true", help="2D: H&E-like RGB instead of a single channel")
+    p.add_argument("--rgb-fraction", type=float, help="2D: this fraction of the cases in RGB, the rest single-channel")
     p.add_argument("--dicom", action="store_true", help="3D: also write each case as a CT DICOM series")
 
 
@@ -107,12 +108,16 @@ def run_phantom(args: argparse.Namespace) -> int:
         if args.things is not None:
             kwargs["n_lesions"] = args.things
     else:
-        kwargs["rgb"] = args.rgb
+        if args.rgb_fraction is not None and not 0 <= args.rgb_fraction <= 1:
+            raise MedPanopticError(f"--rgb-fraction must be within [0, 1], got {args.rgb_fraction}")
         if args.things is not None:
             kwargs["n_nuclei"] = args.things
     training = []
     label_set = None
+    n_rgb = round(args.n * (1.0 if args.rgb else args.rgb_fraction or 0.0))
     for i in tqdm(range(args.n), desc="phantoms", unit="case", disable=None):
+        if args.dims == 2:
+            kwargs["rgb"] = (i * n_rgb) % args.n < n_rgb  # RGB cases spread evenly through the dataset
         ph = make_phantom(args.dims, seed=args.seed + i, **kwargs)
         label_set = ph.label_set
         case = f"phantom_{args.seed + i:04d}"
@@ -120,7 +125,8 @@ def run_phantom(args: argparse.Namespace) -> int:
         if args.dicom:
             write_dicom_series(ph.image, out / "dicom" / case, series_description=f"medpanoptic {case}",
                                patient_id=case)
-    modality = "CT" if args.dims == 3 else ("RGB microscopy" if args.rgb else "fluorescence microscopy")
+    modality = "CT" if args.dims == 3 else {0: "fluorescence microscopy", args.n: "RGB microscopy"}.get(
+        n_rgb, "fluorescence and RGB microscopy")
     path = write_dataset_json(out, f"medpanoptic phantoms {args.dims}D", label_set, modality, args.dims, training)
     print(f"wrote {args.n} case(s) to {out} ({path.name}, imagesTr/, labelsTr/, instancesTr/"
           f"{', dicom/' if args.dicom else ''})")
@@ -183,7 +189,83 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- segment ------------------------------------------------------------------------------
+def _configure_segment(p: argparse.ArgumentParser) -> None:
+    from .segment import SAVE_FORMATS
+
+    p.add_argument("inputs", nargs="+", help="scans: files, folders of NIfTI, DICOM study folders (every series), CSV manifests")
+    p.add_argument("--bundle", default="ct_lesion_panoptic", help="bundle folder or name of a shipped bundle (default ct_lesion_panoptic)")
+    p.add_argument("--out", required=True, help="output folder: one sub-folder per case, cohort CSVs and overview beside them")
+    p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(SAVE_FORMATS)} (default nifti,table,png)")
+    p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")
+    p.add_argument("--no-resume", action="store_true", help="segment every case again, even those already done")
+
+
+def _formats(text: str) -> list[str]:
+    from .segment import SAVE_FORMATS
+
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in SAVE_FORMATS]
+    if unknown:
+        raise MedPanopticError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(SAVE_FORMATS)}")
+    return formats if "table" in formats else formats + ["table"]  # the cohort summary is built from the tables
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from .cohort import segment_cohort
+    from .segment import bundle_path
+
+    report = segment_cohort(args.inputs, bundle_path(args.bundle), args.out, _formats(args.to), device=args.device,
+                            resume=not args.no_resume)
+    if int(__import__("os").environ.get("RANK", 0)) == 0:
+        print(f"{len(report.done)} case(s) segmented, {len(report.skipped)} already done, {len(report.failed)} failed"
+              f" -> {args.out} (instances.csv, cases.csv, errors.csv, cohort_overview.png)")
+        for failure in report.failed:
+            print(f"medpanoptic: error: case {failure['case']}: {failure['error']}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+# -- demo ---------------------------------------------------------------------------------
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="medpanoptic-demo", help="output folder (default ./medpanoptic-demo)")
+    p.add_argument("--seed", type=int, default=7, help="phantom seed (default 7)")
+    p.add_argument("--device", help="torch device (default: cuda when available)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .io.dicom_write import write_dicom_series
+    from .io.panoptic import write_panoptic
+    from .metrics import panoptic_quality
+    from .segment import Segmenter, bundle_path
+    from .synthetic import ct_phantom, oblique_direction
+
+    out = Path(args.out)
+    phantom = ct_phantom(direction=oblique_direction().ravel(), seed=args.seed)
+    dicom = out / "input" / "dicom"
+    if dicom.exists():
+        import shutil
+
+        shutil.rmtree(dicom)
+    write_dicom_series(phantom.image, dicom, series_description="medpanoptic demo phantom", patient_id="DEMO")
+    write_panoptic(phantom.pair, out / "truth" / "phantom", phantom.label_set)
+    segmenter = Segmenter.from_bundle(bundle_path("ct_lesion_panoptic"), device=args.device)
+    result = segmenter(dicom, case="phantom")
+    written = result.save(out / "result" / "phantom", ["nifti", "dicom-seg", "seg-nrrd", "table", "png"])
+    quality = panoptic_quality(result.pair, phantom.pair, phantom.label_set).summary()
+    print(f"medpanoptic demo: a CT phantom (oblique grid {tuple(phantom.image.shape[1:])}, "
+          f"{phantom.n_instances} lesions, some touching) written as a DICOM series to {dicom}")
+    print(f"segmented with the ct_lesion_panoptic bundle on {segmenter.device}: {result.n_instances} lesion(s) found")
+    print(f"against the phantom truth: PQ {quality['pq']:.3f}   PQ_things {quality['pq_things']:.3f}   "
+          f"PQ_stuff {quality['pq_stuff']:.3f}")
+    print("outputs:")
+    for name, path in written.items():
+        print(f"  {name:>18}: {path}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
+    "demo": ("segment a built-in CT phantom with the shipped 3D bundle and export every format", _configure_demo, run_demo),
+    "segment": ("segment scans or a whole cohort with a bundle (resumable, errors.csv, torchrun)", _configure_segment, run_segment),
     "info": ("print a scan's geometry (and, for a DICOM folder, its series)", _configure_info, run_info),
     "phantom": ("write synthetic phantoms with panoptic truth as a Decathlon-layout dataset", _configure_phantom, run_phantom),
     "export": ("write a result as DICOM SEG, Slicer .seg.nrrd, viewer label map and instance table", _configure_export, run_export),

@@ -7,10 +7,11 @@ import torch
 from monai.losses import DiceCELoss
 
 from .nets import HeadLayout
+from .targets import unpack_targets
 
 
 class PanopticLoss(torch.nn.Module):
-    """Loss of a `PanopticNet` output against `panoptic_targets` (batched: semantic, center, offset, offset_weight)."""
+    """Loss of a `PanopticNet` output against packed targets (`pack_targets`, batched), as MONAI engines call it."""
 
     def __init__(self, layout: HeadLayout, semantic_weight: float = 1.0, center_weight: float = 200.0,
                  offset_weight: float = 0.01) -> None:
@@ -19,9 +20,10 @@ class PanopticLoss(torch.nn.Module):
         self.weights = (semantic_weight, center_weight, offset_weight)
         self.semantic = DiceCELoss(to_onehot_y=True, softmax=True)
 
-    def forward(self, output: torch.Tensor, semantic: torch.Tensor, center: torch.Tensor, offset: torch.Tensor,
-                offset_weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         heads = self.layout.split(output)
+        t = unpack_targets(target, self.layout.spatial_dims)
+        semantic, center, offset, offset_weight = t["semantic"], t["center"], t["offset"], t["offset_weight"]
         semantic_loss = self.semantic(heads["semantic"], semantic)
         center_loss = torch.mean((heads["center"] - center) ** 2)
         mask = offset_weight.expand_as(offset)

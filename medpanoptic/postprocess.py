@@ -74,8 +74,15 @@ def group_instances(
     """(2, *spatial) int32 pair and {instance id: confidence} from the three heads of one image.
 
     `semantic_logits` is (C, *sp) with channel index = class id, `center` (1, *sp), `offset`
-    (ndim, *sp) in voxels. Distances between voxels and centers are measured in mm.
+    (ndim, *sp) in voxels. Distances between voxels and centers are measured in mm. On the CPU
+    the voxel work is one compiled parallel pass (`_kernels.assign_to_centers`); elsewhere torch.
     """
+    grouping = _group_on_cpu if semantic_logits.device.type == "cpu" else _group_with_torch
+    return grouping(semantic_logits, center, offset, label_set, spacing, config)
+
+
+def _group_with_torch(semantic_logits, center, offset, label_set, spacing, config) -> tuple[torch.Tensor, dict[int, float]]:
+    """The grouping in torch on the heads' device, thing voxels in chunks."""
     semantic = torch.argmax(semantic_logits, dim=0)
     ndim = semantic.ndim
     scale = torch.as_tensor(list(spacing)[:ndim], dtype=torch.float32, device=semantic.device)
@@ -117,6 +124,38 @@ def group_instances(
         semantic[thing_mask] = 0
     instance, scores = _renumber(instance, scores)
     return torch.stack([semantic.to(torch.int32), instance]), scores
+
+
+def _group_on_cpu(semantic_logits, center, offset, label_set, spacing, config) -> tuple[torch.Tensor, dict[int, float]]:
+    """The same grouping as the torch path: argmax, nearest center and the votes fused in one pass over the voxels."""
+    import numpy as np
+
+    from ._kernels import assign_to_centers, relabel
+
+    logits = np.ascontiguousarray(semantic_logits.detach().float().numpy())
+    ndim = logits.ndim - 1
+    scale = np.asarray(list(spacing)[:ndim], dtype=np.float32)
+    centers = find_centers(center, spacing, config)
+    is_thing = np.zeros(logits.shape[0], dtype=np.bool_)
+    is_thing[[t for t in label_set.thing_ids if t < logits.shape[0]]] = True
+    semantic, owner, votes, probability = assign_to_centers(
+        logits, np.ascontiguousarray(offset.detach().float().numpy()), centers.numpy(), scale, is_thing)
+    counts = votes.sum(axis=1)
+    winner = votes.argmax(axis=1)
+    too_small = counts * float(np.prod(scale)) < config.min_volume_mm3
+    heat = center.reshape(-1, *logits.shape[1:])[0]
+    peak = heat[tuple(centers.T)].float().numpy() if len(centers) else np.zeros(0, np.float32)
+    scores = {}
+    for i in np.nonzero((counts > 0) & ~too_small)[0].tolist():
+        scores[i] = float(peak[i - 1] * (probability[i, winner[i]] / counts[i]))
+    order = sorted(scores, key=lambda i: -scores[i])
+    new_id = np.zeros(len(counts), np.int32)
+    new_id[order] = np.arange(1, len(order) + 1)
+    new_class = np.where(new_id > 0, winner, 0)
+    instance = relabel(semantic, owner, new_class, new_id)
+    shape = logits.shape[1:]
+    pair = torch.stack([torch.from_numpy(semantic.reshape(shape)), torch.from_numpy(instance.reshape(shape))])
+    return pair, {new: scores[old] for new, old in enumerate(order, start=1)}
 
 
 def _renumber(instance: torch.Tensor, scores: dict[int, float]) -> tuple[torch.Tensor, dict[int, float]]:

@@ -64,3 +64,25 @@ def panoptic_targets(
         "offset": torch.from_numpy(offset),
         "offset_weight": torch.from_numpy(things[None].astype(np.float32)),
     }
+
+
+TARGET_ORDER = ("semantic", "center", "offset", "offset_weight")
+
+
+def pack_targets(targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The targets as one float tensor (semantic | center | offsets | weight), channel first.
+
+    One tensor is what MONAI's engines pass to a loss as the label; class ids are small
+    integers, exact in float32.
+    """
+    return torch.cat([targets[k].float() for k in TARGET_ORDER], dim=0)
+
+
+def unpack_targets(packed: torch.Tensor, spatial_dims: int) -> dict[str, torch.Tensor]:
+    """Views of a packed (B, 3 + ndim, *spatial) target; `semantic` comes back as integers."""
+    sizes = (1, 1, spatial_dims, 1)
+    if packed.shape[1] != sum(sizes):
+        raise ValueError(f"a packed {spatial_dims}D target has {sum(sizes)} channels, got {packed.shape[1]}")
+    parts = dict(zip(TARGET_ORDER, torch.split(packed, sizes, dim=1)))
+    parts["semantic"] = parts["semantic"].round().long()
+    return parts

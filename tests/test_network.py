@@ -8,7 +8,7 @@ from medpanoptic.metrics import panoptic_quality
 from medpanoptic.nets import HeadLayout, PanopticNet
 from medpanoptic.postprocess import PostprocessConfig, component_instances, group_instances
 from medpanoptic.synthetic import ct_phantom, nuclei_phantom, oblique_direction
-from medpanoptic.targets import panoptic_targets
+from medpanoptic.targets import pack_targets, panoptic_targets
 
 NUCLEI_SPACING = (0.0005, 0.0005)
 
@@ -48,8 +48,30 @@ def test_chunked_assignment_is_exact(monkeypatch):
     config = PostprocessConfig(center_threshold=0.5, nms_mm=0.003)
     whole, _ = group_instances(*heads, phantom.label_set, NUCLEI_SPACING, config)
     monkeypatch.setattr(post, "CHUNK", 97)
-    chunked, _ = post.group_instances(*heads, phantom.label_set, NUCLEI_SPACING, config)
+    chunked, _ = post._group_with_torch(*heads, phantom.label_set, NUCLEI_SPACING, config)
     assert torch.equal(whole, chunked)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_compiled_cpu_grouping_equals_the_torch_grouping(seed):
+    """The numba pass (CPU) and the torch path (other devices) give the same pair and scores on noisy heads."""
+    import medpanoptic.postprocess as post
+
+    spacing = (0.8, 0.9, 2.5)
+    phantom = ct_phantom(shape=(64, 64, 32), spacing=spacing, direction=oblique_direction().ravel(), n_lesions=8,
+                         touching_fraction=0.5, seed=seed)
+    logits, center, offset = ideal_heads(phantom, spacing, 2.0)
+    generator = torch.Generator().manual_seed(seed)
+    logits = logits + 8 * torch.randn(logits.shape, generator=generator)  # ragged, misclassified voxels
+    offset = offset + torch.randn(offset.shape, generator=generator)
+    config = PostprocessConfig(center_threshold=0.5, nms_mm=4.0, min_volume_mm3=40.0)
+    compiled, compiled_scores = post._group_on_cpu(logits, center, offset, phantom.label_set, spacing, config)
+    reference, reference_scores = post._group_with_torch(logits, center, offset, phantom.label_set, spacing, config)
+    assert compiled.dtype == reference.dtype == torch.int32
+    assert torch.equal(compiled, reference)
+    assert compiled_scores.keys() == reference_scores.keys()
+    for k in compiled_scores:
+        assert compiled_scores[k] == pytest.approx(reference_scores[k], rel=1e-4)
 
 
 def test_small_instances_are_dropped_and_scores_rank_ids():
@@ -108,8 +130,8 @@ def test_training_on_cpu_beats_connected_components():
             if rng.random() < 0.5:
                 image, pair = image.transpose(0, 2, 1), pair.transpose(0, 2, 1)
             images.append(torch.from_numpy((np.ascontiguousarray(image) - 60) / 60).float())
-            targets.append(panoptic_targets(np.ascontiguousarray(pair), ph.label_set, NUCLEI_SPACING, 0.0015))
-        return torch.stack(images), {k: torch.stack([t[k] for t in targets]) for k in targets[0]}
+            targets.append(pack_targets(panoptic_targets(np.ascontiguousarray(pair), ph.label_set, NUCLEI_SPACING, 0.0015)))
+        return torch.stack(images), torch.stack(targets)
 
     from medpanoptic.losses import PanopticLoss
 
@@ -118,7 +140,7 @@ def test_training_on_cpu_beats_connected_components():
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(300):
         x, t = batch()
-        loss = loss_fn(net(x), t["semantic"], t["center"], t["offset"], t["offset_weight"])
+        loss = loss_fn(net(x), t)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -137,11 +138,15 @@ def evaluate_folders(
     iou_threshold: float = 0.5,
     surface: bool = True,
     progress: bool = True,
+    cases: Iterable[str] | None = None,
 ) -> EvaluationReport:
-    """Evaluate every case present in both folders; cases that fail to read become error rows."""
+    """Evaluate every case present in both folders (or only `cases`); cases that fail to read become error rows."""
     from tqdm import tqdm
 
     predictions, truths = find_cases(pred_dir), find_cases(gt_dir)
+    if cases is not None:
+        wanted = set(cases)
+        truths = {k: v for k, v in truths.items() if k in wanted}
     if label_set is None and (Path(gt_dir) / "dataset.json").exists():
         from ..io.decathlon import load_datalist
 

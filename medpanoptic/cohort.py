@@ -1,0 +1,241 @@
+"""Segment a cohort: many scans, one bundle, outputs per case, a summary per cohort.
+
+- Each case is written into `out/<case>/` through a temporary folder renamed at the end, with
+  a `done.json` that fingerprints the input (paths, sizes, modification times), the bundle
+  and the formats. A re-run skips every case whose fingerprint still matches: resumable.
+- A case that fails (unreadable, wrong dimensionality, ...) leaves no files; its one-line
+  reason goes to `errors.csv` and the run goes on; the exit code says something failed.
+- Reading the next scan and writing the previous case's files run on worker threads while
+  the network works on the current one.
+- Under `torchrun`, rank r takes cases r, r + W, ...; rank 0 waits for the others and writes
+  the cohort files: `instances.csv` (one row per instance, with the case id), `cases.csv`,
+  `errors.csv` and `cohort_overview.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import MedPanopticError
+from .io.inputs import ScanInput, find_scans
+
+DONE = "done.json"
+
+
+@dataclass
+class CohortReport:
+    """What a cohort run did: cases segmented now, skipped as already done, and failed (with reasons)."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _files_of(scan: ScanInput) -> list[Path]:
+    path = scan.path
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path] if path.exists() else []
+
+
+def fingerprint(scan: ScanInput, bundle: Path, formats: Sequence[str]) -> str:
+    """A hash of the input files' names, sizes and modification times, the bundle's weights and the formats."""
+    h = hashlib.sha256()
+    for p in _files_of(scan):
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    weights = bundle / "models" / "model.pt"
+    if weights.exists():
+        st = weights.stat()
+        h.update(f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(f"{scan.series_uid}|{','.join(sorted(formats))}".encode())
+    return h.hexdigest()
+
+
+def is_done(case_dir: Path, print_: str) -> bool:
+    marker = case_dir / DONE
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return record.get("fingerprint") == print_ and all((case_dir / f).exists() for f in record.get("files", []))
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) if isinstance(error, MedPanopticError) else f"{type(error).__name__}: {error}"
+    return " ".join(text.split()) or type(error).__name__
+
+
+def _write_case(result, case_dir: Path, formats: Sequence[str], print_: str, scan: ScanInput) -> None:
+    """All of a case's files in a temporary folder, then one rename: all or nothing."""
+    tmp = case_dir.with_name(f".{case_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        written = result.save(tmp / scan.case, formats)
+        record = {"case": scan.case, "input": str(scan.path), "series_uid": scan.series_uid, "fingerprint": print_,
+                  "n_instances": result.n_instances, "files": sorted(p.name for p in written.values())}
+        (tmp / DONE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        if case_dir.exists():
+            shutil.rmtree(case_dir)
+        os.replace(tmp, case_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def segment_cohort(
+    inputs: Iterable[str | os.PathLike],
+    bundle: str | os.PathLike,
+    out: str | os.PathLike,
+    formats: Sequence[str] = ("nifti", "table", "png"),
+    device: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    segmenter=None,
+) -> CohortReport:
+    """Segment every case named by `inputs` (files, folders, DICOM studies, CSV manifests); see the module docstring."""
+    from tqdm import tqdm
+
+    from .segment import Segmenter
+
+    rank, world = _rank_world()
+    distributed = world > 1
+    if distributed:
+        import torch
+        import torch.distributed as dist
+
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device and device.startswith("cuda") else "gloo")
+    out, bundle = Path(out), Path(bundle)
+    out.mkdir(parents=True, exist_ok=True)
+    scans = find_scans(inputs)
+    mine = scans[rank::world]
+    report = CohortReport()
+    segmenter = segmenter or Segmenter.from_bundle(bundle, device=device)
+    todo = []
+    for scan in mine:
+        print_ = fingerprint(scan, bundle, formats)
+        if resume and is_done(out / scan.case, print_):
+            report.skipped.append(scan.case)
+        else:
+            todo.append((scan, print_))
+
+    def load(scan: ScanInput):
+        return segmenter.load(scan.path, scan.series_uid or None)
+
+    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
+        pending_read: Future | None = reader.submit(load, todo[0][0]) if todo else None
+        writes: list[tuple[ScanInput, Future]] = []
+        bar = tqdm(total=len(todo), desc=f"segmenting (rank {rank})" if distributed else "segmenting", unit="case",
+                   disable=not progress or None)
+        for i, (scan, print_) in enumerate(todo):
+            current = pending_read
+            pending_read = reader.submit(load, todo[i + 1][0]) if i + 1 < len(todo) else None
+            try:
+                image = current.result()
+                result = segmenter(image, case=scan.case)
+                writes.append((scan, writer.submit(_write_case, result, out / scan.case, formats, print_, scan)))
+            except Exception as e:  # one bad case must not stop a cohort
+                report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
+            bar.update(1)
+        for scan, job in writes:
+            try:
+                job.result()
+                report.done.append(scan.case)
+            except Exception as e:
+                report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
+        bar.close()
+
+    _write_json(out / f".rank{rank}.json", {"done": report.done, "skipped": report.skipped, "failed": report.failed})
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if rank == 0:
+        report = _merge_ranks(out, world)
+        write_cohort_summary(out, [s.case for s in scans], report, segmenter.label_set)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return report
+
+
+def _write_json(path: Path, document: dict) -> None:
+    from .io.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(document) + "\n")
+
+
+def _merge_ranks(out: Path, world: int) -> CohortReport:
+    merged = CohortReport()
+    for r in range(world):
+        part = out / f".rank{r}.json"
+        record = json.loads(part.read_text(encoding="utf-8"))
+        merged.done += record["done"]
+        merged.skipped += record["skipped"]
+        merged.failed += record["failed"]
+        part.unlink()
+    return merged
+
+
+def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    from .io.atomic import atomic_paths
+
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with atomic_paths(path) as (tmp,):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def write_cohort_summary(out: Path, cases: Sequence[str], report: CohortReport, label_set) -> list[Path]:
+    """`instances.csv`, `cases.csv`, `errors.csv` and `cohort_overview.png` from the case folders in `out`."""
+    from .qc import cohort_overview
+
+    failed = {f["case"] for f in report.failed}
+    instance_rows, case_rows = [], []
+    for case in cases:
+        table = out / case / f"{case}_instances.csv"
+        if case in failed or not table.exists():
+            continue
+        with open(table, newline="", encoding="utf-8") as f:
+            rows = [{"case": case, **r} for r in csv.DictReader(f)]
+        instance_rows += rows
+        row = {"case": case, "n_instances": len(rows),
+               "thing_volume_ml": round(sum(float(r["volume_mm3"]) for r in rows) / 1000.0, 4)}
+        for c in label_set:
+            if c.is_thing:
+                row[f"n_{c.name}"] = sum(1 for r in rows if r["class"] == c.name)
+        case_rows.append(row)
+    paths = [out / "instances.csv", out / "cases.csv", out / "errors.csv"]
+    _csv(paths[0], instance_rows, ["case"])
+    _csv(paths[1], case_rows, ["case", "n_instances", "thing_volume_ml"])
+    _csv(paths[2], report.failed, ["case", "input", "error"])
+    if case_rows:
+        things = ", ".join(c.name for c in label_set if c.is_thing) or "things"
+        paths.append(cohort_overview([r["case"] for r in case_rows], [r["n_instances"] for r in case_rows],
+                                     [r["thing_volume_ml"] for r in case_rows], out / "cohort_overview.png", things))
+    return paths

@@ -1,0 +1,109 @@
+"""What to segment: scan paths, folders of images, DICOM study folders (every image series) or a CSV manifest.
+
+`find_scans` turns what a user typed into a list of cases, each with a unique case id. It
+reads nothing but DICOM headers; a folder whose headers cannot be read still becomes a case,
+so that reading it fails later with its own clear reason instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import InputError
+from .dicom_read import is_dicom_file, scan_folder
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
+OUTPUT_SUFFIXES = (".seg.nrrd", "_label.nii.gz", "_instance.nii.gz", "_pair.nii.gz")
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    """One case: a scan path (file or DICOM folder), the series to take from it, and its id."""
+
+    case: str
+    path: Path
+    series_uid: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"case": self.case, "image": str(self.path), "series_uid": self.series_uid or ""}
+
+
+def case_name(source: str | os.PathLike) -> str:
+    """A case id from a scan path: the file name without its image suffix, or the folder's name."""
+    name = Path(str(source).rstrip("/\\")).name
+    for suffix in IMAGE_SUFFIXES + (".dcm",):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_image_file(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(IMAGE_SUFFIXES) and not name.endswith(OUTPUT_SUFFIXES)
+
+
+def _from_folder(folder: Path) -> list[ScanInput]:
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and _is_image_file(p))
+    found = [ScanInput(case_name(p), p) for p in images]
+    if not any(is_dicom_file(p) for p in folder.rglob("*") if p.is_file() and not _is_image_file(p)):
+        return found or [ScanInput(case_name(folder), folder)]  # an empty folder fails later, with its reason
+    try:
+        series = scan_folder(folder)
+    except InputError:
+        return found + [ScanInput(case_name(folder), folder)]
+    by_folder: dict[Path, list] = {}
+    for s in series.values():
+        if any("Rows" in h for h in s.headers):
+            by_folder.setdefault(Path(os.path.commonpath([str(p.parent) for p in s.files])), []).append(s)
+    if not by_folder:  # only non-image objects: reading the folder says so
+        return found + [ScanInput(case_name(folder), folder)]
+    for where, in_folder in sorted(by_folder.items()):
+        if len(in_folder) == 1:
+            found.append(ScanInput(case_name(where), where, in_folder[0].series_uid))
+            continue
+        for s in in_folder:
+            number = str(s.headers[0].get("SeriesNumber", "") or "")
+            tag = f"series{number}" if number else s.series_uid.rsplit(".", 1)[-1]
+            found.append(ScanInput(f"{case_name(where)}_{tag}", where, s.series_uid))
+    return found
+
+
+def _from_manifest(path: Path) -> list[ScanInput]:
+    """A CSV with an `image` column (paths relative to the CSV), and optional `case` and `series_uid`."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(path, f"cannot read the manifest ({e})") from None
+    if not rows or "image" not in rows[0]:
+        raise InputError(path, "a manifest needs an 'image' column (and optionally 'case', 'series_uid')")
+    found = []
+    for row in rows:
+        image = Path(row["image"])
+        image = image if image.is_absolute() else path.parent / image
+        found.append(ScanInput(row.get("case") or case_name(image), image, row.get("series_uid") or None))
+    return found
+
+
+def find_scans(inputs: Iterable[str | os.PathLike]) -> list[ScanInput]:
+    """The cases named by `inputs`, in order, with unique case ids (a clash gets `_2`, `_3`...)."""
+    found: list[ScanInput] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir() and not path.name.lower().endswith(IMAGE_SUFFIXES):
+            found += _from_folder(path)
+        elif path.suffix.lower() == ".csv":
+            found += _from_manifest(path)
+        else:
+            found.append(ScanInput(case_name(path), path))  # read later: a missing file is that case's error
+    seen: dict[str, int] = {}
+    unique = []
+    for scan in found:
+        n = seen.get(scan.case, 0) + 1
+        seen[scan.case] = n
+        unique.append(scan if n == 1 else ScanInput(f"{scan.case}_{n}", scan.path, scan.series_uid))
+    return unique

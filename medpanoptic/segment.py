@@ -1,0 +1,187 @@
+"""The Python API: load a bundle once, segment scans one after another.
+
+    seg = Segmenter.from_bundle("bundles/ct_lesion_panoptic")
+    result = seg("scan_dicom_folder/")            # or a NIfTI path, or a MetaTensor image
+    result.save("out/patient1", formats=("nifti", "dicom-seg", "table", "png"))
+    df = result.table()                            # one row per lesion
+
+`Segmenter` builds the bundle's own `inference.json` pieces (pre-processing, network, inferer,
+grouping, inversion), so a script gets exactly what `python -m monai.bundle run` writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from monai.data import MetaTensor
+
+from .errors import InputError
+from .labels import LabelSet
+
+BUNDLES_ENV = "MEDPANOPTIC_BUNDLES"
+SAVE_FORMATS = ("nifti", "dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "png")
+
+
+def bundle_path(name_or_path: str | os.PathLike) -> Path:
+    """A bundle folder: the path itself, or a shipped bundle by name (looked up in $MEDPANOPTIC_BUNDLES,
+    then in the `bundles/` folder of the medpanoptic checkout)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    roots = [Path(p) for p in os.environ.get(BUNDLES_ENV, "").split(os.pathsep) if p]
+    roots.append(Path(__file__).resolve().parents[1] / "bundles")
+    for root in roots:
+        if (root / str(name_or_path) / "configs").is_dir():
+            return root / str(name_or_path)
+    raise InputError(path, f"no such bundle folder (nor a shipped bundle of that name in {', '.join(map(str, roots))})")
+
+
+@dataclass
+class PanopticResult:
+    """A panoptic result on the source scan's grid, with what is needed to export and report it."""
+
+    pair: MetaTensor  # (2, *spatial) int32: label, instance
+    label_set: LabelSet
+    scores: dict[int, float] = field(default_factory=dict)
+    source: MetaTensor | None = None  # the scan as read: DICOM identity for SEG, intensities for the table
+    case: str = "case"
+
+    @property
+    def label(self) -> torch.Tensor:
+        return self.pair[0]
+
+    @property
+    def instance(self) -> torch.Tensor:
+        return self.pair[1]
+
+    @property
+    def n_instances(self) -> int:
+        return int(self.pair[1].max())
+
+    def rows(self) -> list[dict]:
+        """The instance table as dictionaries (see `medpanoptic.report`)."""
+        from .report import instance_table
+
+        image = self.source if self.source is not None and self.source.shape[1:] == self.pair.shape[1:] else None
+        return instance_table(self.pair, self.label_set, image, self.scores)
+
+    def table(self):
+        """The instance table as a pandas DataFrame (a list of dicts when pandas is not installed)."""
+        rows = self.rows()
+        try:
+            import pandas as pd
+        except ImportError:
+            return rows
+        return pd.DataFrame(rows)
+
+    def to_dicom_seg(self, path: str | os.PathLike, segmentation_type: str = "BINARY") -> Path:
+        """Write a DICOM SEG referencing the source series (the scan must have been DICOM)."""
+        from .io.dicom_seg import write_dicom_seg
+
+        if self.source is None:
+            raise InputError(None, "a DICOM SEG needs the source scan; this result has none")
+        return write_dicom_seg(self.pair, self.label_set, self.source, path, segmentation_type=segmentation_type)
+
+    def save(self, stem: str | os.PathLike, formats: Iterable[str] = ("nifti", "table")) -> dict[str, Path]:
+        """Write the chosen formats beside `stem` (`nifti`: label + instance maps and JSON; the export
+        formats of `medpanoptic export`; `png`: the QC montage). Returns every path by name."""
+        from .io.export import export
+        from .io.panoptic import write_panoptic
+        from .qc import qc_montage
+
+        formats = list(formats)
+        unknown = [f for f in formats if f not in SAVE_FORMATS]
+        if unknown:
+            raise InputError(None, f"unknown format(s) {unknown}; choose from {', '.join(SAVE_FORMATS)}")
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Path] = {}
+        if "nifti" in formats:
+            source = str(self.source.meta.get("filename_or_obj", "")) if self.source is not None else ""
+            extra = {"case": self.case, "source": source, "scores": {str(k): v for k, v in self.scores.items()}}
+            written.update({f"nifti_{k}": v for k, v in write_panoptic(self.pair, stem, self.label_set, extra=extra).items()})
+        exports = [f for f in formats if f not in ("nifti", "png")]
+        if exports:
+            written.update(export(self.pair, self.label_set, stem, exports, self.source, self.scores))
+        if "png" in formats:
+            image = self.source if self.source is not None else torch.zeros((1,) + tuple(self.pair.shape[1:]))
+            written["png"] = qc_montage(image, self.pair, self.label_set, f"{stem}_qc.png", title=self.case)
+        return written
+
+
+class Segmenter:
+    """A bundle's inference, loaded once: call it on scans to get `PanopticResult`s."""
+
+    def __init__(self, bundle: str | os.PathLike, device: str | torch.device | None = None, **overrides) -> None:
+        from monai.bundle import ConfigParser
+
+        self.bundle = Path(bundle)
+        config = self.bundle / "configs" / "inference.json"
+        weights = self.bundle / "models" / "model.pt"
+        for needed in (config, weights):
+            if not needed.is_file():
+                raise InputError(needed, "missing: not a medpanoptic bundle folder")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        parser = ConfigParser()
+        parser.read_config(str(config))
+        parser["bundle_root"] = str(self.bundle)
+        parser["device"] = f"$torch.device('{self.device}')"
+        for key, value in overrides.items():
+            parser[key] = value
+        self.label_set: LabelSet = parser.get_parsed_content("label_set")
+        self.network = parser.get_parsed_content("network_def").to(self.device)
+        self.network.load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
+        self.network.eval()
+        self.spatial_dims = self.network.layout.spatial_dims
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.inferer = parser.get_parsed_content("inferer")
+        self.panoptic = parser.get_parsed_content("panoptic")
+        self.invert = parser.get_parsed_content("invert")
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, device: str | torch.device | None = None, **overrides) -> "Segmenter":
+        """Load `path`'s inference config and weights; `overrides` set config values (e.g. `nms_mm=5.0`)."""
+        return cls(path, device, **overrides)
+
+    def load(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None) -> MetaTensor:
+        """Read a scan (or take an image MetaTensor) and check that it fits the bundle."""
+        from .io.scan import read_scan
+
+        image = scan if isinstance(scan, torch.Tensor) else read_scan(scan, series_uid)
+        if not isinstance(image, MetaTensor):
+            raise InputError(None, "an image tensor needs its geometry: pass a MetaTensor with an affine")
+        source = image.meta.get("filename_or_obj", "image")
+        if image.ndim - 1 != self.spatial_dims:
+            raise InputError(source, f"a {image.ndim - 1}D image; the bundle {self.bundle.name} segments "
+                                     f"{self.spatial_dims}D {'volumes' if self.spatial_dims == 3 else 'images'}")
+        if min(image.shape[1:]) < 2:
+            raise InputError(source, f"a grid of {tuple(image.shape[1:])} voxels is too small to segment")
+        return image
+
+    def infer(self, image: MetaTensor) -> dict:
+        """Pre-process, run the network and group: the bundle's inference on one loaded image."""
+        data = self.preprocessing({"image": image.clone()})
+        x = data["image"][None].to(self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            output = self.inferer(x, self.network)
+        data["pred"] = output[0].float()
+        data = self.panoptic(data)
+        data = self.invert(data)
+        return data
+
+    def __call__(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None,
+                 case: str | None = None) -> PanopticResult:
+        from .io.inputs import case_name
+
+        image = self.load(scan, series_uid)
+        data = self.infer(image)
+        pred = data["pred"]
+        values = torch.round(pred.as_tensor().float()).to(torch.int32).cpu()
+        pair = MetaTensor(values, affine=image.affine.clone(), meta={"filename_or_obj": image.meta.get("filename_or_obj")})
+        if values.shape[1:] != image.shape[1:]:
+            raise InputError(image.meta.get("filename_or_obj"), "the inverted result is not on the scan's grid")
+        name = case or case_name(image.meta.get("filename_or_obj", "case"))
+        return PanopticResult(pair, self.label_set, data.get("pred_scores", {}), image, name)
