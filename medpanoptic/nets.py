@@ -70,6 +70,22 @@ class PanopticNet(torch.nn.Module):
                                       init_filters=filters[0], blocks_down=[1] * (len(filters) - 1) + [2])
         else:
             raise ValueError(f"unknown backbone {backbone!r} (expected 'dynunet' or 'segresnet')")
+        self._quiet_auxiliary_heads()
+
+    def _quiet_auxiliary_heads(self) -> None:
+        """Start the center and offset channels at exactly zero ("no centers, no offsets").
+
+        With random initial values the center MSE (weighted x200) is hundreds of times the
+        semantic loss at the first steps, and its gradients wash out the shared features before
+        the semantic head has learnt anything; zeroed heads start from a small loss and train
+        alongside the semantics.
+        """
+        last = [m for m in self.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))
+                and m.out_channels == self.layout.channels][-1]
+        with torch.no_grad():
+            last.weight[self.layout.n_classes:] = 0.0
+            if last.bias is not None:
+                last.bias[self.layout.n_classes:] = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

@@ -206,7 +206,8 @@ def ct_phantom(
 
     The body is an elliptic cylinder along the patient's z axis filling the field of view;
     the liver an ellipsoid in its right half; lesions (ellipsoids of `lesion_radius_mm`,
-    hypo- or hyper-dense) lie inside the body, `touching_fraction` of them in touching pairs.
+    hypo- or hyper-dense by 70-130 HU, so that no lesion passes for the other tissue) lie
+    inside the body, `touching_fraction` of them in touching pairs.
     """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
@@ -226,7 +227,7 @@ def ct_phantom(
 
     min_gap = 2.5 * float(max(spacing))
     blobs = _place_things(rng, n_lesions, touching_fraction, lesion_radius_mm, inside, affine, shape,
-                          min_gap, 3, contrasts=(-45.0, -30.0, 40.0, 70.0))
+                          min_gap, 3, contrasts=(-90.0, -70.0, 100.0, 130.0))
     instance = _rasterize_things(blobs, affine, shape)
 
     label = np.zeros(shape, dtype=np.int32)
