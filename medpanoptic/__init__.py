@@ -20,6 +20,7 @@ _EXPORTS = {
     "read_scan": "io", "read_panoptic": "io", "write_panoptic": "io",
     "MedPanopticError": "errors", "InputError": "errors", "GeometryError": "errors",
     "LabelSetError": "errors", "PanopticError": "errors",
+    "Segmenter": "segment", "PanopticResult": "segment",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .io import read_panoptic, read_scan, write_panoptic
     from .labels import Code, LabelClass, LabelSet
     from .pair import PANOPTIC_DIVISOR, decode_panoptic, encode_panoptic, make_pair
+    from .segment import PanopticResult, Segmenter
 
 
 def __getattr__(name: str):

@@ -25,10 +25,12 @@ from medpanoptic.pair import instances_from_semantic
 
 def label_set_of(document: dict, stuff: list[int], things: list[int], names: list[str] | None) -> LabelSet:
     labels = {int(k): v for k, v in document.get("labels", {}).items() if int(k) != 0}
+    palette = [(177, 122, 101), (221, 130, 101), (230, 220, 70), (128, 174, 128), (111, 184, 210), (216, 101, 79)]
     classes = []
     for i, class_id in enumerate(sorted(stuff + things)):
         name = names[i] if names else labels.get(class_id, f"class {class_id}")
-        classes.append(LabelClass(class_id, name, "thing" if class_id in things else "stuff"))
+        kind = "thing" if class_id in things else "stuff"
+        classes.append(LabelClass(class_id, name, kind, color=palette[i % len(palette)]))
     return LabelSet(classes, name=document.get("name", "msd"))
 
 
@@ -36,6 +38,7 @@ def convert(root: Path, stuff: list[int], things: list[int], names: list[str] | 
     document = json.loads((root / "dataset.json").read_text())
     label_set = label_set_of(document, stuff, things, names)
     n = 0
+    (root / INSTANCE_FOLDER).mkdir(exist_ok=True)
     for entry in document["training"]:
         label_path = root / entry["label"]
         instance_rel = f"./{INSTANCE_FOLDER}/{Path(entry['label']).name}"

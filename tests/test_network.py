@@ -98,6 +98,15 @@ def test_single_output_tensor_and_torchscript():
     assert torch.allclose(scripted(x), y, atol=1e-5)
 
 
+@pytest.mark.parametrize("backbone", ["dynunet", "segresnet"])
+def test_auxiliary_heads_start_at_zero(backbone):
+    """An untrained network predicts no centers and no offsets (so the center loss starts small)."""
+    net = PanopticNet(3, 1, 4, backbone=backbone, filters=(8, 16, 32)).eval()
+    heads = net.layout.split(net(torch.randn(1, 1, 32, 32, 16)))
+    assert heads["semantic"].abs().max() > 0
+    assert heads["center"].abs().max() == 0 and heads["offset"].abs().max() == 0
+
+
 def test_sliding_window_inference_on_the_image_grid():
     from medpanoptic.inference import panoptic_inference
 
