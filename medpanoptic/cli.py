@@ -78,6 +78,8 @@ def _configure_phantom(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", type=_ints, help="grid size, e.g. 96,96,48")
     p.add_argument("--spacing", type=_floats, help="voxel size in mm, e.g. 1,1,2.5")
     p.add_argument("--oblique", action="store_true", help="rotate the grid (3D): tests geometry end to end")
+    p.add_argument("--oblique-fraction", type=float, default=0.0,
+                   help="3D: this fraction of the cases on grids rotated at random (up to 25 degrees per axis)")
     p.add_argument("--things", type=int, help="lesions (3D) or nuclei (2D) per case")
     p.add_argument("--touching", type=float, default=0.3, help="fraction of things in touching pairs")
     p.add_argument("--rgb", action="store_true", help="2D: H&E-like RGB instead of a single channel")
@@ -115,7 +117,12 @@ def run_phantom(args: argparse.Namespace) -> int:
     training = []
     label_set = None
     n_rgb = round(args.n * (1.0 if args.rgb else args.rgb_fraction or 0.0))
+    n_oblique = round(args.n * args.oblique_fraction)
     for i in tqdm(range(args.n), desc="phantoms", unit="case", disable=None):
+        if args.dims == 3 and not args.oblique and n_oblique:
+            rotated = (i * n_oblique) % args.n < n_oblique  # spread evenly through the dataset
+            angles = np.random.default_rng(args.seed + i).uniform(-25.0, 25.0, size=3)
+            kwargs["direction"] = oblique_direction(angles).ravel() if rotated else None
         if args.dims == 2:
             kwargs["rgb"] = (i * n_rgb) % args.n < n_rgb  # RGB cases spread evenly through the dataset
         ph = make_phantom(args.dims, seed=args.seed + i, **kwargs)
