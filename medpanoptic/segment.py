@@ -59,6 +59,11 @@ class PanopticResult:
         return self.pair[1]
 
     @property
+    def is_dicom(self) -> bool:
+        """Whether the source scan was DICOM (what a DICOM SEG export needs)."""
+        return self.source is not None and str(self.source.meta.get("source_format", "")).startswith("dicom")
+
+    @property
     def n_instances(self) -> int:
         return int(self.pair[1].max())
 
@@ -88,7 +93,8 @@ class PanopticResult:
 
     def save(self, stem: str | os.PathLike, formats: Iterable[str] = ("nifti", "table")) -> dict[str, Path]:
         """Write the chosen formats beside `stem` (`nifti`: label + instance maps and JSON; the export
-        formats of `medpanoptic export`; `png`: the QC montage). Returns every path by name."""
+        formats of `medpanoptic export`, DICOM SEG only for DICOM sources; `png`: the QC montage).
+        Returns every path by name."""
         from .io.export import export
         from .io.panoptic import write_panoptic
         from .qc import qc_montage
@@ -104,6 +110,8 @@ class PanopticResult:
             extra = {"case": self.case, "source": source, "scores": {str(k): v for k, v in self.scores.items()}}
             written.update({f"nifti_{k}": v for k, v in write_panoptic(self.pair, stem, self.label_set, extra=extra).items()})
         exports = [f for f in formats if f not in ("nifti", "png")]
+        if not self.is_dicom:  # a DICOM SEG references DICOM source slices: NIfTI and other sources have none
+            exports = [f for f in exports if not f.startswith("dicom-seg")]
         if exports:
             written.update(export(self.pair, self.label_set, stem, exports, self.source, self.scores))
         if "png" in formats:

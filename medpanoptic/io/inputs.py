@@ -34,11 +34,12 @@ class ScanInput:
 
 def case_name(source: str | os.PathLike) -> str:
     """A case id from a scan path: the file name without its image suffix, or the folder's name."""
-    name = Path(str(source).rstrip("/\\")).name
+    path = Path(str(source).rstrip("/\\"))
+    name = path.name
     for suffix in IMAGE_SUFFIXES + (".dcm",):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
-    return name
+    return name if path.is_dir() or not path.suffix else path.stem  # a folder keeps its dots (UID names)
 
 
 def _is_image_file(path: Path) -> bool:
