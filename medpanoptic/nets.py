@@ -67,7 +67,8 @@ class PanopticNet(torch.nn.Module):
             )
         elif backbone == "segresnet":
             self.backbone = SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=self.layout.channels,
-                                      init_filters=filters[0], blocks_down=[1] * (len(filters) - 1) + [2])
+                                      init_filters=filters[0], blocks_down=[1] * (len(filters) - 1) + [2],
+                                      blocks_up=[1] * (len(filters) - 1))
         else:
             raise ValueError(f"unknown backbone {backbone!r} (expected 'dynunet' or 'segresnet')")
         self._quiet_auxiliary_heads()
