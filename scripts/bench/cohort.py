@@ -38,6 +38,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="medpanoptic-cohort-"))
     try:
         inputs = work / "inputs"
+        inputs.mkdir()
         phantoms = [ct_phantom(shape=shape, n_lesions=8, seed=700 + i) for i in range(args.cases)]
         for i, ph in enumerate(phantoms):  # half NIfTI, half DICOM series, as cohorts come
             if i % 2:

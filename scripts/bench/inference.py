@@ -71,7 +71,9 @@ def main() -> None:
 
     # heads of the truth, so that the grouping sees as many thing voxels as a trained network would
     targets = panoptic_targets(phantom.pair, labels, spacing, 2.0)
-    logits = torch.nn.functional.one_hot(targets["semantic"][0], n_classes).movedim(-1, 0).float().to(device) * 10
+    # channel-first and contiguous, as a network's output is (one_hot().movedim() alone would hand the
+    # argmax of the baseline a channel-last layout no network produces)
+    logits = (torch.nn.functional.one_hot(targets["semantic"][0], n_classes).movedim(-1, 0).float() * 10).contiguous().to(device)
     center, offset = targets["center"].to(device), targets["offset"].to(device)
     config = PostprocessConfig(center_threshold=0.5, nms_mm=4.0)
 
