@@ -65,13 +65,13 @@ def fingerprint(scan: ScanInput, bundle: Path, formats: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def is_done(case_dir: Path, print_: str) -> bool:
+def is_done(case_dir: Path, stamp: str) -> bool:
     marker = case_dir / DONE
     try:
         record = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    return record.get("fingerprint") == print_ and all((case_dir / f).exists() for f in record.get("files", []))
+    return record.get("fingerprint") == stamp and all((case_dir / f).exists() for f in record.get("files", []))
 
 
 def _one_line(error: BaseException) -> str:
@@ -79,12 +79,12 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split()) or type(error).__name__
 
 
-def _write_case(result, case_dir: Path, formats: Sequence[str], print_: str, scan: ScanInput) -> None:
+def _write_case(result, case_dir: Path, formats: Sequence[str], stamp: str, scan: ScanInput) -> None:
     """All of a case's files in a temporary folder, then one rename: all or nothing."""
     tmp = case_dir.with_name(f".{case_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         written = result.save(tmp / scan.case, formats)
-        record = {"case": scan.case, "input": str(scan.path), "series_uid": scan.series_uid, "fingerprint": print_,
+        record = {"case": scan.case, "input": str(scan.path), "series_uid": scan.series_uid, "fingerprint": stamp,
                   "n_instances": result.n_instances, "files": sorted(p.name for p in written.values())}
         (tmp / DONE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         if case_dir.exists():
@@ -133,11 +133,11 @@ def segment_cohort(
     segmenter = segmenter or Segmenter.from_bundle(bundle, device=device)
     todo = []
     for scan in mine:
-        print_ = fingerprint(scan, bundle, formats)
-        if resume and is_done(out / scan.case, print_):
+        stamp = fingerprint(scan, bundle, formats)
+        if resume and is_done(out / scan.case, stamp):
             report.skipped.append(scan.case)
         else:
-            todo.append((scan, print_))
+            todo.append((scan, stamp))
 
     def load(scan: ScanInput):
         return segmenter.load(scan.path, scan.series_uid or None)
@@ -147,13 +147,13 @@ def segment_cohort(
         writes: list[tuple[ScanInput, Future]] = []
         bar = tqdm(total=len(todo), desc=f"segmenting (rank {rank})" if distributed else "segmenting", unit="case",
                    disable=not progress or None)
-        for i, (scan, print_) in enumerate(todo):
+        for i, (scan, stamp) in enumerate(todo):
             current = pending_read
             pending_read = reader.submit(load, todo[i + 1][0]) if i + 1 < len(todo) else None
             try:
                 image = current.result()
                 result = segmenter(image, case=scan.case)
-                writes.append((scan, writer.submit(_write_case, result, out / scan.case, formats, print_, scan)))
+                writes.append((scan, writer.submit(_write_case, result, out / scan.case, formats, stamp, scan)))
             except Exception as e:  # one bad case must not stop a cohort
                 report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
             bar.update(1)

@@ -79,7 +79,7 @@ def test_cohort_cli_summary_and_resume(cohort, tmp_path, capsys):
         names = {p.name for p in (out / case).iterdir()}
         assert {f"{case}_label.nii.gz", f"{case}_instance.nii.gz", f"{case}_instances.csv", f"{case}_qc.png",
                 f"{case}.seg.nrrd", "done.json"} <= names
-    assert f"case_b_seg.dcm" in {p.name for p in (out / "case_b").iterdir()}
+    assert "case_b_seg.dcm" in {p.name for p in (out / "case_b").iterdir()}
     assert "case_a_seg.dcm" not in {p.name for p in (out / "case_a").iterdir()}  # DICOM SEG only for DICOM sources
     instances = _rows(out / "instances.csv")
     cases = _rows(out / "cases.csv")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 import torch
 from monai.transforms import Compose, Invertd, Orientationd, RandFlipd, Spacingd
 
