@@ -42,6 +42,12 @@ def _spacing(tensor: torch.Tensor, ndim: int) -> tuple[float, ...]:
     return (1.0,) * ndim
 
 
+def integer_pair(pair: torch.Tensor) -> torch.Tensor:
+    """A pair back as int32 on the CPU: inverse resampling (nearest) hands it back as floats."""
+    values = pair.as_tensor() if isinstance(pair, MetaTensor) else pair
+    return torch.round(values.float()).to(torch.int32).cpu() if values.is_floating_point() else values.to(torch.int32).cpu()
+
+
 class LoadScand(MapTransform):
     """Read each key's path with `read_scan` into a float32 (C, *spatial) MetaTensor (the series
     named by the entry's `series_key`, when a DICOM folder holds several). An image already
@@ -215,7 +221,7 @@ class SavePanopticd(MapTransform):
             pair = d[key]
             source = pair.meta.get("filename_or_obj", "case") if isinstance(pair, MetaTensor) else "case"
             affine = pair.affine if isinstance(pair, MetaTensor) else None
-            values = torch.round(pair.as_tensor().float()).to(torch.int32).cpu() if isinstance(pair, MetaTensor) else pair
+            values = integer_pair(pair)
             stem = self.output_dir / f"{d.get('case') or case_name(source)}{self.output_postfix}"
             scores = d.get(f"{key}_scores", {})
             write_panoptic(MetaTensor(values, affine=affine), stem, self.label_set,
@@ -223,5 +229,5 @@ class SavePanopticd(MapTransform):
         return d
 
 
-__all__ = ["LoadScand", "LoadPanopticd", "ThingIndicesd", "RepeatToChannelsd", "PanopticTargetsd", "PanopticPostprocessd",
+__all__ = ["integer_pair", "LoadScand", "LoadPanopticd", "ThingIndicesd", "RepeatToChannelsd", "PanopticTargetsd", "PanopticPostprocessd",
            "SavePanopticd"]

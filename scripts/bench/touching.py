@@ -19,7 +19,7 @@ import torch
 from medpanoptic.metrics import panoptic_quality
 from medpanoptic.segment import Segmenter, bundle_path
 from medpanoptic.synthetic import ct_phantom
-from medpanoptic.transforms import PanopticPostprocessd
+from medpanoptic.transforms import PanopticPostprocessd, integer_pair
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
             output = seg.inferer(data["image"][None].to(seg.device), seg.network)[0].float()
         for name, post in (("grouping", grouping), ("components", components)):
             item = seg.invert(post({**copy.copy(data), "pred": output.clone()}))
-            pair = torch.round(item["pred"].as_tensor().float()).to(torch.int32).cpu()
+            pair = integer_pair(item["pred"])
             q = panoptic_quality(pair, phantom.pair, phantom.label_set)
             totals[name] = q if totals[name] is None else totals[name] + q
     g, c = totals["grouping"].summary(), totals["components"].summary()
