@@ -48,9 +48,9 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _from_folder(folder: Path) -> list[ScanInput]:
-    images = sorted(p for p in folder.rglob("*") if p.is_file() and _is_image_file(p))
-    found = [ScanInput(case_name(p), p) for p in images]
-    if not any(is_dicom_file(p) for p in folder.rglob("*") if p.is_file() and not _is_image_file(p)):
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    found = [ScanInput(case_name(p), p) for p in files if _is_image_file(p)]
+    if not any(is_dicom_file(p) for p in files if not _is_image_file(p)):
         return found or [ScanInput(case_name(folder), folder)]  # an empty folder fails later, with its reason
     try:
         series = scan_folder(folder)
