@@ -53,7 +53,9 @@ def main() -> None:
     for name, s in (("center/offset grouping", g), ("connected components", c)):
         print(f"{name:28}{s['pq_things']:10.3f}{s['sq_things']:10.3f}{s['rq_things']:10.3f}")
     gap = g["pq_things"] - c["pq_things"]
-    print(f"grouping - components = {gap:+.3f} (goal >= +0.10); grouping PQ_things {g['pq_things']:.3f} (goal >= 0.85)")
+    verdict = {True: "met", False: "NOT met"}
+    print(f"grouping - components = {gap:+.4f} (goal >= +0.10: {verdict[gap >= 0.10]}); "
+          f"grouping PQ_things {g['pq_things']:.4f} (goal >= 0.85: {verdict[g['pq_things'] >= 0.85]})")
 
 
 if __name__ == "__main__":
