@@ -1,7 +1,8 @@
 """From the network's heads to a panoptic pair, in torch on whatever device the heads are on.
 
 `group_instances` (bottom-up, Panoptic-DeepLab): argmax -> thing mask -> center peaks (max-pool
-non-maximum suppression, threshold, top-k) -> each thing voxel joins the peak nearest to where
+non-maximum suppression, threshold, top-k; optionally more centers from the peaks of the offset
+votes that the heatmap missed) -> each thing voxel joins the peak nearest to where
 its offset points (foreground voxels only, in chunks: never a centers x voxels tensor over a
 whole CT) -> instance class by majority vote -> instances below a volume in mm³ dropped ->
 stuff keeps instance 0 -> a confidence score per instance.
@@ -32,6 +33,9 @@ class PostprocessConfig:
     nms_mm: float = 5.0  # window of the peak non-maximum suppression
     top_k: int = 500
     min_volume_mm3: float = 0.0
+    vote_sigma_mm: float = 0.0  # > 0: also look for centers in the offset votes (`vote_centers`); 0: heatmap only
+    vote_min: float = 10.0  # votes within about a sigma that such a center needs
+    vote_gap_mm: float = 5.0  # how far from every heatmap peak it must lie
 
 
 def find_centers(center: torch.Tensor, spacing: Sequence[float], config: PostprocessConfig) -> torch.Tensor:
@@ -43,7 +47,8 @@ def find_centers(center: torch.Tensor, spacing: Sequence[float], config: Postpro
     """
     heat = center[0] if center.ndim == len(spacing) + 1 else center
     ndim = heat.ndim
-    half = [min(max(1, int(round(config.nms_mm / s))) // 2, n - 1) for s, n in zip(spacing[:ndim], heat.shape)]
+    # the window spans nms_mm, but at least one voxel either side: thick slices still get suppression across them
+    half = [min(max(1, int(round(config.nms_mm / (2 * s)))), n - 1) for s, n in zip(spacing[:ndim], heat.shape)]
     candidates = torch.nonzero(heat > config.center_threshold)
     if candidates.shape[0] == 0:
         return candidates
@@ -61,6 +66,39 @@ def find_centers(center: torch.Tensor, spacing: Sequence[float], config: Postpro
     coords = torch.cat(peaks)
     order = torch.argsort(heat[tuple(coords.T)], descending=True)[: config.top_k]
     return coords[order]
+
+
+def vote_centers(thing_voxels: torch.Tensor, offset: torch.Tensor, centers: torch.Tensor,
+                 spacing: Sequence[float], config: PostprocessConfig) -> torch.Tensor:
+    """`centers` plus the centers that the heatmap missed but the offsets point at.
+
+    A small lesion touching a large one can lie on the large one's heatmap slope and get no
+    peak of its own, while its voxels' offsets still point at its own center. Each thing voxel
+    votes where its offset points; the votes are blurred by a Gaussian of `vote_sigma_mm` whose
+    weights peak at 1 (a peak's value is about the votes within a sigma), and blurred peaks with
+    at least `vote_min` votes and `vote_gap_mm` from every heatmap peak become centers too.
+    """
+    ndim = thing_voxels.shape[1]
+    shape = torch.as_tensor(offset.shape[1:], device=thing_voxels.device)
+    scale = torch.as_tensor(list(spacing)[:ndim], dtype=torch.float32, device=thing_voxels.device)
+    moved = thing_voxels.float() + offset[(slice(None),) + tuple(thing_voxels.T)].T.float()
+    target = torch.minimum(torch.round(moved).long().clamp(min=0), shape - 1)
+    radius = [max(1, int(3 * config.vote_sigma_mm / float(s) + 0.5)) for s in scale]
+    low = torch.clamp(target.min(0).values - torch.as_tensor(radius, device=target.device), min=0)
+    high = torch.minimum(target.max(0).values + torch.as_tensor(radius, device=target.device) + 1, shape)
+    votes = torch.zeros(tuple((high - low).tolist()), dtype=torch.float32, device=target.device)
+    votes.index_put_(tuple((target - low).T), torch.ones(len(target), device=target.device), accumulate=True)
+    blurred = votes[None, None]
+    conv = F.conv3d if ndim == 3 else F.conv2d
+    for axis, (r, s) in enumerate(zip(radius, scale.tolist())):
+        x = torch.arange(-r, r + 1, dtype=torch.float32, device=target.device) * s
+        kernel = torch.exp(-0.5 * (x / config.vote_sigma_mm) ** 2).reshape([1, 1] + [-1 if a == axis else 1 for a in range(ndim)])
+        blurred = conv(blurred, kernel, padding=[r if a == axis else 0 for a in range(ndim)])
+    peaks = find_centers(blurred[0, 0], spacing, PostprocessConfig(config.vote_min, config.nms_mm, config.top_k))
+    peaks = peaks + low
+    if centers.shape[0] and peaks.shape[0]:
+        peaks = peaks[torch.cdist(peaks.float() * scale, centers.float() * scale).min(dim=1).values > config.vote_gap_mm]
+    return torch.cat([centers, peaks.to(centers.dtype)])
 
 
 def group_instances(
@@ -92,6 +130,8 @@ def _group_with_torch(semantic_logits, center, offset, label_set, spacing, confi
     scores: dict[int, float] = {}
     centers = find_centers(center, spacing, config)
     voxels = torch.nonzero(thing_mask)
+    if config.vote_sigma_mm > 0 and voxels.shape[0]:
+        centers = vote_centers(voxels, offset, centers, spacing, config)
     if centers.shape[0] and voxels.shape[0]:
         target = (voxels.float() + offset[(slice(None),) + tuple(voxels.T)].T.float()) * scale
         anchors = centers.float() * scale
@@ -138,8 +178,14 @@ def _group_on_cpu(semantic_logits, center, offset, label_set, spacing, config) -
     centers = find_centers(center, spacing, config)
     is_thing = np.zeros(logits.shape[0], dtype=np.bool_)
     is_thing[[t for t in label_set.thing_ids if t < logits.shape[0]]] = True
-    semantic, owner, votes, probability = assign_to_centers(
-        logits, np.ascontiguousarray(offset.detach().float().numpy()), centers.numpy(), scale, is_thing)
+    offsets = np.ascontiguousarray(offset.detach().float().numpy())
+    semantic, owner, votes, probability = assign_to_centers(logits, offsets, centers.numpy(), scale, is_thing)
+    if config.vote_sigma_mm > 0 and np.any(owner):
+        thing_voxels = torch.from_numpy(np.stack(np.unravel_index(np.flatnonzero(owner), logits.shape[1:]), axis=1))
+        more = vote_centers(thing_voxels, offset, centers, spacing, config)
+        if more.shape[0] > centers.shape[0]:  # a second pass only when the votes found centers
+            centers = more
+            semantic, owner, votes, probability = assign_to_centers(logits, offsets, centers.numpy(), scale, is_thing)
     counts = votes.sum(axis=1)
     winner = votes.argmax(axis=1)
     too_small = counts * float(np.prod(scale)) < config.min_volume_mm3

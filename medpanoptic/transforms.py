@@ -164,17 +164,20 @@ class PanopticPostprocessd(MapTransform):
     `mode="grouping"` is the center/offset grouping, `"components"` connected components of the
     argmax. The pair keeps the output's meta (so `Invertd` can take it back to the source grid);
     the instance scores go to `{key}_scores`. Sizes are in mm through the output's affine, or
-    through `spacing` where the files carry none.
+    through `spacing` where the files carry none. `vote_sigma_mm` > 0 also takes centers from the
+    offset votes where the heatmap has none (`postprocess.vote_centers`).
     """
 
     def __init__(self, keys: KeysCollection, label_set: LabelSet | str, center_threshold: float = 0.3,
                  nms_mm: float = 5.0, top_k: int = 500, min_volume_mm3: float = 0.0, mode: str = "grouping",
-                 spacing: Sequence[float] | None = None, allow_missing_keys: bool = False) -> None:
+                 spacing: Sequence[float] | None = None, vote_sigma_mm: float = 0.0, vote_min: float = 10.0,
+                 vote_gap_mm: float = 5.0, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if mode not in ("grouping", "components"):
             raise ValueError(f"mode must be 'grouping' or 'components', got {mode!r}")
         self.label_set = _as_label_set(label_set)
-        self.config = PostprocessConfig(center_threshold, nms_mm, top_k, min_volume_mm3)
+        self.config = PostprocessConfig(center_threshold, nms_mm, top_k, min_volume_mm3, vote_sigma_mm, vote_min,
+                                        vote_gap_mm)
         self.mode = mode
         self.spacing = spacing
 

@@ -52,8 +52,8 @@ def test_chunked_assignment_is_exact(monkeypatch):
     assert torch.equal(whole, chunked)
 
 
-@pytest.mark.parametrize("seed", [4, 5])
-def test_compiled_cpu_grouping_equals_the_torch_grouping(seed):
+@pytest.mark.parametrize("seed, vote_sigma_mm", [(4, 0.0), (5, 0.0), (4, 1.0)])
+def test_compiled_cpu_grouping_equals_the_torch_grouping(seed, vote_sigma_mm):
     """The numba pass (CPU) and the torch path (other devices) give the same pair and scores on noisy heads."""
     import medpanoptic.postprocess as post
 
@@ -64,7 +64,7 @@ def test_compiled_cpu_grouping_equals_the_torch_grouping(seed):
     generator = torch.Generator().manual_seed(seed)
     logits = logits + 8 * torch.randn(logits.shape, generator=generator)  # ragged, misclassified voxels
     offset = offset + torch.randn(offset.shape, generator=generator)
-    config = PostprocessConfig(center_threshold=0.5, nms_mm=4.0, min_volume_mm3=40.0)
+    config = PostprocessConfig(center_threshold=0.5, nms_mm=4.0, min_volume_mm3=40.0, vote_sigma_mm=vote_sigma_mm)
     compiled, compiled_scores = post._group_on_cpu(logits, center, offset, phantom.label_set, spacing, config)
     reference, reference_scores = post._group_with_torch(logits, center, offset, phantom.label_set, spacing, config)
     assert compiled.dtype == reference.dtype == torch.int32
@@ -72,6 +72,44 @@ def test_compiled_cpu_grouping_equals_the_torch_grouping(seed):
     assert compiled_scores.keys() == reference_scores.keys()
     for k in compiled_scores:
         assert compiled_scores[k] == pytest.approx(reference_scores[k], rel=1e-4)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_offset_votes_find_the_center_the_heatmap_lost(dims):
+    """A touching thing whose heatmap peak is gone (as when it lies on a larger neighbour's slope) is
+    recovered from its voxels' offsets when vote peaks are on, and merged into its neighbour when off."""
+    if dims == 3:
+        spacing, sigma, nms = (0.8, 0.9, 2.5), 2.0, 4.0
+        phantom = ct_phantom(shape=(64, 64, 32), spacing=spacing, direction=oblique_direction().ravel(), n_lesions=6,
+                             touching_fraction=0.4, seed=6)
+        vote = dict(vote_sigma_mm=1.0, vote_min=10.0, vote_gap_mm=5.0)
+    else:
+        spacing, sigma, nms = NUCLEI_SPACING, 0.001, 0.003
+        phantom = nuclei_phantom(shape=(96, 96), n_nuclei=8, touching_fraction=0.5, seed=3)
+        vote = dict(vote_sigma_mm=0.0005, vote_min=5.0, vote_gap_mm=0.002)
+    logits, center, offset = ideal_heads(phantom, spacing, sigma)
+    label, instance = phantom.pair.numpy()
+    touching = [i for i in range(1, phantom.n_instances + 1) if _touches_another(instance, i)]
+    assert touching
+    lost = min(touching, key=lambda i: (instance == i).sum())  # the smaller one of a touching pair
+    mask = torch.from_numpy(instance == lost)
+    center = center.clone()
+    center[0][mask] = 0.0  # its heatmap blob is gone inside the thing itself
+    truth_pq = []
+    for settings in ({}, vote):
+        config = PostprocessConfig(center_threshold=0.5, nms_mm=nms, **settings)
+        pair, _ = group_instances(logits, center, offset, phantom.label_set, spacing, config)
+        truth_pq.append(panoptic_quality(pair, phantom.pair, phantom.label_set).summary()["pq_things"])
+    assert truth_pq[0] < 0.99
+    assert truth_pq[1] == pytest.approx(1.0)
+
+
+def _touches_another(instance: np.ndarray, i: int) -> bool:
+    from scipy import ndimage
+
+    mask = instance == i
+    ring = ndimage.binary_dilation(mask) & ~mask
+    return bool(np.any(instance[ring] > 0))
 
 
 def test_small_instances_are_dropped_and_scores_rank_ids():
@@ -170,7 +208,8 @@ def test_training_on_cpu_beats_connected_components():
     assert pq_grouping - pq_components >= 0.1, (pq_grouping, pq_components)
 
 
-@pytest.mark.parametrize("spacing, nms_mm", [((1.0, 1.0, 1.0), 3.0), ((0.7, 0.9, 2.5), 5.0), ((0.5, 0.5), 2.0)])
+@pytest.mark.parametrize("spacing, nms_mm", [((1.0, 1.0, 1.0), 3.0), ((0.7, 0.9, 2.5), 5.0), ((0.5, 0.5), 2.0),
+                                             ((0.8, 0.8, 5.0), 4.0)])
 def test_sparse_peak_finding_equals_dense_max_pool(spacing, nms_mm):
     import torch.nn.functional as F
 
@@ -180,7 +219,8 @@ def test_sparse_peak_finding_equals_dense_max_pool(spacing, nms_mm):
     shape = (40, 36, 20)[: len(spacing)]
     heat = torch.rand(shape)
     config = PostprocessConfig(center_threshold=0.6, nms_mm=nms_mm, top_k=10_000)
-    window = [max(1, int(round(nms_mm / s))) // 2 * 2 + 1 for s in spacing]
+    window = [2 * max(1, int(round(nms_mm / (2 * s)))) + 1 for s in spacing]  # never narrower than 3 voxels
+    assert min(window) >= 3
     pool = F.max_pool3d if len(shape) == 3 else F.max_pool2d
     pooled = pool(heat[None, None], kernel_size=window, stride=1, padding=[w // 2 for w in window])[0, 0]
     dense = torch.nonzero((heat == pooled) & (heat > 0.6))

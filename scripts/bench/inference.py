@@ -75,7 +75,8 @@ def main() -> None:
     # argmax of the baseline a channel-last layout no network produces)
     logits = (torch.nn.functional.one_hot(targets["semantic"][0], n_classes).movedim(-1, 0).float() * 10).contiguous().to(device)
     center, offset = targets["center"].to(device), targets["offset"].to(device)
-    config = PostprocessConfig(center_threshold=0.5, nms_mm=4.0)
+    # as the CT bundle's inference.json sets it, vote peaks included
+    config = PostprocessConfig(center_threshold=0.5, nms_mm=4.0, vote_sigma_mm=0.75, vote_min=10.0, vote_gap_mm=5.0)
 
     def grouping(heads_logits):
         return group_instances(heads_logits, center, offset, labels, spacing, config)
