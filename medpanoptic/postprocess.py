@@ -68,7 +68,7 @@ def find_centers(center: torch.Tensor, spacing: Sequence[float], config: Postpro
     return coords[order]
 
 
-def vote_centers(thing_voxels: torch.Tensor, offset: torch.Tensor, centers: torch.Tensor,
+def vote_centers(pointed: torch.Tensor, shape: Sequence[int], centers: torch.Tensor,
                  spacing: Sequence[float], config: PostprocessConfig) -> torch.Tensor:
     """`centers` plus the centers that the heatmap missed but the offsets point at.
 
@@ -77,12 +77,12 @@ def vote_centers(thing_voxels: torch.Tensor, offset: torch.Tensor, centers: torc
     votes where its offset points; the votes are blurred by a Gaussian of `vote_sigma_mm` whose
     weights peak at 1 (a peak's value is about the votes within a sigma), and blurred peaks with
     at least `vote_min` votes and `vote_gap_mm` from every heatmap peak become centers too.
+    `pointed` is (N, ndim): each thing voxel plus its offset, in voxels, on a grid of `shape`.
     """
-    ndim = thing_voxels.shape[1]
-    shape = torch.as_tensor(offset.shape[1:], device=thing_voxels.device)
-    scale = torch.as_tensor(list(spacing)[:ndim], dtype=torch.float32, device=thing_voxels.device)
-    moved = thing_voxels.float() + offset[(slice(None),) + tuple(thing_voxels.T)].T.float()
-    target = torch.minimum(torch.round(moved).long().clamp(min=0), shape - 1)
+    ndim = pointed.shape[1]
+    shape = torch.as_tensor(list(shape), device=pointed.device)
+    scale = torch.as_tensor(list(spacing)[:ndim], dtype=torch.float32, device=pointed.device)
+    target = torch.minimum(torch.round(pointed).long().clamp(min=0), shape - 1)
     radius = [max(1, int(3 * config.vote_sigma_mm / float(s) + 0.5)) for s in scale]
     low = torch.clamp(target.min(0).values - torch.as_tensor(radius, device=target.device), min=0)
     high = torch.minimum(target.max(0).values + torch.as_tensor(radius, device=target.device) + 1, shape)
@@ -130,10 +130,11 @@ def _group_with_torch(semantic_logits, center, offset, label_set, spacing, confi
     scores: dict[int, float] = {}
     centers = find_centers(center, spacing, config)
     voxels = torch.nonzero(thing_mask)
+    pointed = voxels.float() + offset[(slice(None),) + tuple(voxels.T)].T.float()
     if config.vote_sigma_mm > 0 and voxels.shape[0]:
-        centers = vote_centers(voxels, offset, centers, spacing, config)
+        centers = vote_centers(pointed, semantic.shape, centers, spacing, config)
     if centers.shape[0] and voxels.shape[0]:
-        target = (voxels.float() + offset[(slice(None),) + tuple(voxels.T)].T.float()) * scale
+        target = pointed * scale
         anchors = centers.float() * scale
         owner = torch.empty(voxels.shape[0], dtype=torch.long, device=semantic.device)
         for start in range(0, voxels.shape[0], CHUNK):
@@ -181,8 +182,9 @@ def _group_on_cpu(semantic_logits, center, offset, label_set, spacing, config) -
     offsets = np.ascontiguousarray(offset.detach().float().numpy())
     semantic, owner, votes, probability = assign_to_centers(logits, offsets, centers.numpy(), scale, is_thing)
     if config.vote_sigma_mm > 0 and np.any(owner):
-        thing_voxels = torch.from_numpy(np.stack(np.unravel_index(np.flatnonzero(owner), logits.shape[1:]), axis=1))
-        more = vote_centers(thing_voxels, offset, centers, spacing, config)
+        voxels = torch.from_numpy(np.stack(np.unravel_index(np.flatnonzero(owner), logits.shape[1:]), axis=1))
+        pointed = voxels.float() + offset[(slice(None),) + tuple(voxels.T)].T.float()
+        more = vote_centers(pointed, logits.shape[1:], centers, spacing, config)
         if more.shape[0] > centers.shape[0]:  # a second pass only when the votes found centers
             centers = more
             semantic, owner, votes, probability = assign_to_centers(logits, offsets, centers.numpy(), scale, is_thing)
