@@ -68,6 +68,11 @@ def find_centers(center: torch.Tensor, spacing: Sequence[float], config: Postpro
     return coords[order]
 
 
+def _pointed(voxels: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """(N, ndim) float: where each of the (N, ndim) voxels' offsets point, in voxels."""
+    return voxels.float() + offset[(slice(None),) + tuple(voxels.T)].T.float()
+
+
 def vote_centers(pointed: torch.Tensor, shape: Sequence[int], centers: torch.Tensor,
                  spacing: Sequence[float], config: PostprocessConfig) -> torch.Tensor:
     """`centers` plus the centers that the heatmap missed but the offsets point at.
@@ -130,7 +135,7 @@ def _group_with_torch(semantic_logits, center, offset, label_set, spacing, confi
     scores: dict[int, float] = {}
     centers = find_centers(center, spacing, config)
     voxels = torch.nonzero(thing_mask)
-    pointed = voxels.float() + offset[(slice(None),) + tuple(voxels.T)].T.float()
+    pointed = _pointed(voxels, offset)
     if config.vote_sigma_mm > 0 and voxels.shape[0]:
         centers = vote_centers(pointed, semantic.shape, centers, spacing, config)
     if centers.shape[0] and voxels.shape[0]:
@@ -183,7 +188,7 @@ def _group_on_cpu(semantic_logits, center, offset, label_set, spacing, config) -
     semantic, owner, votes, probability = assign_to_centers(logits, offsets, centers.numpy(), scale, is_thing)
     if config.vote_sigma_mm > 0 and np.any(owner):
         voxels = torch.from_numpy(np.stack(np.unravel_index(np.flatnonzero(owner), logits.shape[1:]), axis=1))
-        pointed = voxels.float() + offset[(slice(None),) + tuple(voxels.T)].T.float()
+        pointed = _pointed(voxels, offset)
         more = vote_centers(pointed, logits.shape[1:], centers, spacing, config)
         if more.shape[0] > centers.shape[0]:  # a second pass only when the votes found centers
             centers = more
