@@ -170,6 +170,27 @@ def relabel_sequential(instance: np.ndarray) -> np.ndarray:
     return lut[instance].astype(instance.dtype, copy=False)
 
 
+def instance_ids(instance) -> np.ndarray:
+    """The instance ids (> 0) that have at least one voxel, ascending (one counting pass, not a sort)."""
+    values = torch.as_tensor(instance).as_subclass(torch.Tensor).reshape(-1)
+    if values.numel() == 0:
+        return np.zeros(0, dtype=np.int64)
+    counts = torch.bincount(values if values.dtype in (torch.uint8, torch.int64) else values.long())
+    return torch.nonzero(counts[1:]).flatten().cpu().numpy() + 1
+
+
+def consecutive_ids(instance: torch.Tensor) -> tuple[torch.Tensor, dict[int, int]]:
+    """Instance ids renumbered 1..N in their present order, and the map {old id: new id}.
+
+    Keeping the order keeps meaning: ids ranked by score (as grouping numbers them) stay ranked.
+    """
+    present = instance_ids(instance)
+    lut = torch.zeros(int(present[-1]) + 1 if present.size else 1, dtype=torch.int64, device=instance.device)
+    lut[torch.as_tensor(present, device=instance.device)] = torch.arange(1, len(present) + 1, device=instance.device)
+    renumbered = lut[instance.long()].to(instance.dtype)
+    return renumbered, {int(old): new for new, old in enumerate(present.tolist(), start=1)}
+
+
 def instance_summary(
     pair, affine: np.ndarray, label_set: LabelSet | None = None, stats: PairStats | None = None,
 ) -> list[dict]:

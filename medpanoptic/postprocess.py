@@ -9,18 +9,27 @@ stuff keeps instance 0 -> a confidence score per instance.
 
 `component_instances` is the baseline and fallback: connected components of each thing class
 of the argmax.
+
+`instance_centres` and `restore_instances` carry the instances found on the network's grid
+through the inversion onto the source grid, where nearest-neighbour sampling can miss the
+smallest: each keeps at least its centre voxel, or is dropped by name, and ids stay 1..N.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .io.geometry import ras_to_voxel, spacing_from_affine, voxel_to_ras
 from .labels import LabelSet
-from .pair import instances_from_semantic
+from .pair import consecutive_ids, instance_ids, instances_from_semantic
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 18  # thing voxels assigned per step; with K centers, a CHUNK x K distance block
 
@@ -226,3 +235,63 @@ def component_instances(semantic_logits: torch.Tensor, label_set: LabelSet, conn
     label = semantic.cpu().numpy()
     instance = instances_from_semantic(label, label_set.thing_ids, connectivity)
     return torch.stack([semantic.to(torch.int32), torch.from_numpy(instance).to(semantic.device)])
+
+
+Centres = dict[int, tuple[int, tuple[float, ...]]]
+"""{instance id: (class id, RAS mm position of its centre voxel)}."""
+
+
+def instance_centres(pair: torch.Tensor, affine) -> Centres:
+    """Class and patient position (RAS mm) of each instance's centre voxel: the member voxel nearest
+    (in mm) to its centroid — a voxel of the instance even where a curved lesion's centroid is not.
+
+    Recorded on the grid the instances were found on, so that `restore_instances` can still place
+    an instance that inversion onto a coarser source grid would lose.
+    """
+    arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
+    label, instance = arr[0], arr[1]
+    voxels = np.argwhere(instance > 0)
+    if len(voxels) == 0:
+        return {}
+    affine = np.asarray(affine, dtype=float)
+    ids = instance[tuple(voxels.T)].astype(np.int64)
+    counts = np.bincount(ids)
+    sums = np.stack([np.bincount(ids, weights=voxels[:, axis]) for axis in range(voxels.shape[1])], 1)
+    centroid = sums[ids] / counts[ids, None]
+    distance = (((voxels - centroid) * spacing_from_affine(affine, voxels.shape[1])) ** 2).sum(1)
+    order = np.lexsort((distance, ids))
+    first = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
+    ras = voxel_to_ras(affine, voxels[first])
+    return {int(ids[k]): (int(label[tuple(voxels[k])]), tuple(float(v) for v in position))
+            for k, position in zip(first.tolist(), ras)}
+
+
+def restore_instances(pair: torch.Tensor, affine, centres: Centres,
+                      scores: dict[int, float]) -> tuple[torch.Tensor, dict[int, float], list[int]]:
+    """The pair on the source grid with every instance found kept, ids 1..N, scores keyed by the new ids.
+
+    Nearest-neighbour inversion onto a coarser grid misses instances smaller than its voxels. Each
+    missing instance of `centres` gets the source voxel holding its centre, when that lies inside
+    the grid and belongs to no other instance (best-scored first: lower ids win a shared voxel);
+    any other is dropped, logged, and its id (as found) returned. `affine` is the source grid's.
+    """
+    present = set(instance_ids(pair[1]).tolist())
+    missing = [i for i in sorted(centres) if i not in present]
+    dropped: list[int] = []
+    if missing:
+        pair = pair.clone()
+        shape = tuple(pair.shape[1:])
+        positions = np.array([centres[i][1] for i in missing])
+        voxels = np.rint(ras_to_voxel(np.asarray(affine, dtype=float), positions, len(shape))).astype(np.int64)
+        for i, voxel in zip(missing, voxels.tolist()):
+            where = tuple(voxel)
+            if all(0 <= v < n for v, n in zip(voxel, shape)) and int(pair[1][where]) == 0:
+                pair[0][where], pair[1][where] = centres[i][0], i
+            else:
+                dropped.append(i)
+    if dropped:
+        log.warning("%d instance(s) found on the network's grid have no voxel on the source grid and were "
+                    "dropped (ids as found: %s)", len(dropped), dropped)
+    instance, new_ids = consecutive_ids(pair[1])
+    pair = torch.stack([pair[0], instance])
+    return pair, {new_ids[old]: value for old, value in scores.items() if old in new_ids}, dropped

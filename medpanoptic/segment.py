@@ -49,6 +49,7 @@ class PanopticResult:
     scores: dict[int, float] = field(default_factory=dict)
     source: MetaTensor | None = None  # the scan as read: DICOM identity for SEG, intensities for the table
     case: str = "case"
+    dropped_instances: int = 0  # found on the network's grid, but with no voxel left on the source grid
 
     @property
     def label(self) -> torch.Tensor:
@@ -65,7 +66,10 @@ class PanopticResult:
 
     @property
     def n_instances(self) -> int:
-        return int(self.pair[1].max())
+        """How many instances the pair holds (distinct ids > 0), not the largest id."""
+        from .pair import instance_ids
+
+        return int(instance_ids(self.pair[1]).size)
 
     def rows(self) -> list[dict]:
         """The instance table as dictionaries (see `medpanoptic.report`)."""
@@ -107,7 +111,8 @@ class PanopticResult:
         written: dict[str, Path] = {}
         if "nifti" in formats:
             source = str(self.source.meta.get("filename_or_obj", "")) if self.source is not None else ""
-            extra = {"case": self.case, "source": source, "scores": {str(k): v for k, v in self.scores.items()}}
+            extra = {"case": self.case, "source": source, "scores": {str(k): v for k, v in self.scores.items()},
+                     "dropped_instances": self.dropped_instances}
             written.update({f"nifti_{k}": v for k, v in write_panoptic(self.pair, stem, self.label_set, extra=extra).items()})
         exports = [f for f in formats if f not in ("nifti", "png")]
         if not self.is_dicom:  # a DICOM SEG references DICOM source slices: NIfTI and other sources have none
@@ -183,14 +188,13 @@ class Segmenter:
     def __call__(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None,
                  case: str | None = None) -> PanopticResult:
         from .io.inputs import case_name
-        from .transforms import integer_pair
+        from .transforms import source_grid_pair
 
         image = self.load(scan, series_uid)
         data = self.infer(image)
-        pred = data["pred"]
-        values = integer_pair(pred)
-        pair = MetaTensor(values, affine=image.affine.clone(), meta={"filename_or_obj": image.meta.get("filename_or_obj")})
-        if values.shape[1:] != image.shape[1:]:
+        if data["pred"].shape[1:] != image.shape[1:]:
             raise InputError(image.meta.get("filename_or_obj"), "the inverted result is not on the scan's grid")
+        values, scores, dropped = source_grid_pair(data, "pred", image.affine)
+        pair = MetaTensor(values, affine=image.affine.clone(), meta={"filename_or_obj": image.meta.get("filename_or_obj")})
         name = case or case_name(image.meta.get("filename_or_obj", "case"))
-        return PanopticResult(pair, self.label_set, data.get("pred_scores", {}), image, name)
+        return PanopticResult(pair, self.label_set, scores, image, name, dropped_instances=len(dropped))

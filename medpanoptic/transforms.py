@@ -28,7 +28,7 @@ from .io.geometry import spacing_from_affine
 from .io.inputs import case_name
 from .labels import LabelSet
 from .nets import HeadLayout
-from .postprocess import PostprocessConfig, component_instances, group_instances
+from .postprocess import PostprocessConfig, component_instances, group_instances, instance_centres, restore_instances
 from .targets import pack_targets, panoptic_targets
 
 
@@ -46,6 +46,16 @@ def integer_pair(pair: torch.Tensor) -> torch.Tensor:
     """A pair back as int32 on the CPU: inverse resampling (nearest) hands it back as floats."""
     values = pair.as_tensor() if isinstance(pair, MetaTensor) else pair
     return torch.round(values.float()).to(torch.int32).cpu() if values.is_floating_point() else values.to(torch.int32).cpu()
+
+
+def source_grid_pair(data: Mapping[Hashable, object], key: str, affine=None) -> tuple[torch.Tensor, dict[int, float], list[int]]:
+    """`data[key]` after `Invertd` as an int32 CPU pair, with the instances `PanopticPostprocessd` found
+    carried onto the source grid (`restore_instances`): ids 1..N, scores re-keyed, ids dropped."""
+    pair = data[key]
+    if affine is None:
+        affine = pair.affine if isinstance(pair, MetaTensor) else torch.eye(4)
+    centres = data.get(f"{key}_centres", {})
+    return restore_instances(integer_pair(pair), torch.as_tensor(affine).numpy(), centres, data.get(f"{key}_scores", {}))
 
 
 class LoadScand(MapTransform):
@@ -163,7 +173,8 @@ class PanopticPostprocessd(MapTransform):
 
     `mode="grouping"` is the center/offset grouping, `"components"` connected components of the
     argmax. The pair keeps the output's meta (so `Invertd` can take it back to the source grid);
-    the instance scores go to `{key}_scores`. Sizes are in mm through the output's affine, or
+    the instance scores go to `{key}_scores` and each instance's class and centre in patient mm to
+    `{key}_centres` (for `source_grid_pair` after inversion). Sizes are in mm through the output's affine, or
     through `spacing` where the files carry none. `vote_sigma_mm` > 0 also takes centers from the
     offset votes where the heatmap has none (`postprocess.vote_centers`).
     """
@@ -198,6 +209,8 @@ class PanopticPostprocessd(MapTransform):
             d[key] = MetaTensor(pair, meta=dict(output.meta), applied_operations=list(output.applied_operations)) \
                 if isinstance(output, MetaTensor) else pair
             d[f"{key}_scores"] = scores
+            if isinstance(output, MetaTensor):
+                d[f"{key}_centres"] = instance_centres(pair, output.affine.numpy())
         return d
 
 
@@ -205,7 +218,8 @@ class SavePanopticd(MapTransform):
     """Write each pair with `write_panoptic` as `output_dir/<case>` (label map, instance map, JSON).
 
     The case is the entry's `case`, else named after the pair's `filename_or_obj`; the pair should already be on the source
-    grid (after `Invertd`), and is rounded back to integers after nearest-neighbour inversion.
+    grid (after `Invertd`); it is rounded back to integers, and instances that the inversion lost
+    get their centre voxel back or are dropped (`source_grid_pair`; the count goes to the JSON).
     """
 
     def __init__(self, keys: KeysCollection, output_dir: str | os.PathLike, label_set: LabelSet | str,
@@ -224,13 +238,13 @@ class SavePanopticd(MapTransform):
             pair = d[key]
             source = pair.meta.get("filename_or_obj", "case") if isinstance(pair, MetaTensor) else "case"
             affine = pair.affine if isinstance(pair, MetaTensor) else None
-            values = integer_pair(pair)
+            values, scores, dropped = source_grid_pair(d, key)
             stem = self.output_dir / f"{d.get('case') or case_name(source)}{self.output_postfix}"
-            scores = d.get(f"{key}_scores", {})
             write_panoptic(MetaTensor(values, affine=affine), stem, self.label_set,
-                           extra={"source": str(source), "scores": {str(k): v for k, v in scores.items()}, **self.extra})
+                           extra={"source": str(source), "scores": {str(k): v for k, v in scores.items()},
+                                  "dropped_instances": len(dropped), **self.extra})
         return d
 
 
-__all__ = ["integer_pair", "LoadScand", "LoadPanopticd", "ThingIndicesd", "RepeatToChannelsd", "PanopticTargetsd", "PanopticPostprocessd",
+__all__ = ["integer_pair", "source_grid_pair", "LoadScand", "LoadPanopticd", "ThingIndicesd", "RepeatToChannelsd", "PanopticTargetsd", "PanopticPostprocessd",
            "SavePanopticd"]

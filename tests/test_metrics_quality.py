@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medpanoptic.errors import PanopticError
 from medpanoptic.labels import LabelSet
 from medpanoptic.metrics import contingency, mean_over_images, panoptic_quality
 
@@ -54,8 +55,22 @@ def test_void_leaves_the_union_and_excuses_false_positives():
     plain = LabelSet(labels.classes + (LabelClass(9, "unlabelled", "stuff"),))
     without_void = panoptic_quality(pred, gt, plain)
     assert without_void.fp(1) == 1 and without_void.sq(1) == pytest.approx(4 / 6)
-    with pytest.raises(Exception, match="not in the label set"):
+    with pytest.raises(PanopticError, match=r"^ground truth: label ids \[9\] are not in the label set \[1\]$"):
         panoptic_quality(pred, gt, labels)  # label 9 is neither a class nor declared void
+
+
+def test_thing_voxel_without_instance_is_refused_naming_the_input():
+    gt = pair([[1, 1, 1, 0]], [[1, 1, 1, 0]])
+    stray = pair([[1, 1, 1, 1]], [[1, 1, 1, 0]])  # the last thing voxel has no instance
+    with pytest.raises(PanopticError, match=r"^prediction: thing voxels with instance 0$"):
+        panoptic_quality(stray, gt, THINGS)
+    with pytest.raises(PanopticError, match=r"^ground truth: thing voxels with instance 0$"):
+        panoptic_quality(torch.from_numpy(gt), torch.from_numpy(stray), THINGS)
+    with pytest.raises(PanopticError, match=r"^prediction: instance ids \[4\] span more than one class$"):
+        panoptic_quality(pair([[3, 4, 0]], [[4, 4, 0]]), pair([[3, 3, 0]], [[1, 1, 0]]), LABELS)
+    # unchecked, the stray voxel is one more segment of class 1 and silently one more false positive
+    unchecked = panoptic_quality(stray, gt, THINGS, check=False)
+    assert (unchecked.tp(1), unchecked.fp(1), unchecked.fn(1)) == (1, 1, 0)
 
 
 def test_stuff_is_one_segment_per_image():

@@ -59,6 +59,8 @@ def test_api_on_nifti_and_dicom(segmenter, cohort, tmp_path):
         assert pq >= 0.8, (case, pq)
         table = result.table()
         assert len(table) == result.n_instances and set(table["class"]) <= {"lesion"}
+        ids = sorted(set(np.unique(result.instance.numpy()).tolist()) - {0})
+        assert ids == list(range(1, result.n_instances + 1)) and sorted(result.scores) == ids
     written = result.save(tmp_path / "b", ALL_FORMATS.split(","))
     assert all(p.exists() and p.stat().st_size > 0 for p in written.values())
     back, _ = read_panoptic(written["dicom-seg"], label_set=result.label_set)
@@ -225,3 +227,99 @@ def test_demo_writes_every_format_and_scores_itself(tmp_path, capsys):
     assert pq_things >= 0.75
     names = {p.name for p in (tmp_path / "demo" / "result").iterdir()}
     assert {"phantom_label.nii.gz", "phantom_seg.dcm", "phantom.seg.nrrd", "phantom_instances.csv", "phantom_qc.png"} <= names
+
+
+# -- instances through the inversion onto the source grid ----------------------------------------------
+def _inversion_case():
+    """A coarse oblique anisotropic source grid, resampled fine as the bundles do, with network-like
+    heads on the fine grid: a large lesion (with a one-voxel nodule inside it), and a one-voxel
+    lesion far from it, placed between the fine voxels that the inversion samples."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Compose, Orientationd, Spacingd
+
+    from medpanoptic.io.geometry import affine_from_lps, ras_to_voxel, voxel_to_ras
+
+    source_affine = affine_from_lps((-20.0, 15.0, 30.0), (1.6, 1.8, 5.0), oblique_direction((20.0, -12.0, 8.0)).ravel())
+    image = MetaTensor(torch.zeros((1, 14, 12, 6)), affine=torch.as_tensor(source_affine))
+    preprocessing = Compose([Orientationd(keys="image", axcodes="RAS"),
+                             Spacingd(keys="image", pixdim=(0.5, 0.5, 1.25), mode="bilinear")])
+    data = preprocessing({"image": image})
+    fine = data["image"]
+    fine_affine = fine.affine.numpy()
+    shape = fine.shape[1:]
+    # where each source voxel centre falls on the fine grid: the fine voxels nearest-neighbour inversion reads
+    source_ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape[1:]], indexing="ij"), -1).reshape(-1, 3)
+    sampled = ras_to_voxel(fine_affine, voxel_to_ras(source_affine, source_ijk))
+    sampled = sampled[np.all((sampled > 0) & (sampled < np.array(shape) - 1), axis=1)]
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    middle = np.array(shape) / 2
+    mm = np.linalg.norm((grid - middle) @ (fine_affine[:3, :3]).T, axis=-1)
+    ball = mm < 9.0
+    # the one-voxel lesion: 12-16 mm from the ball's centre, as far from every sampled point as a voxel can be
+    shell = np.argwhere((mm > 12.0) & (mm < 16.0))
+    gap = np.array([np.abs(sampled - v).max(axis=1).min() for v in shell])
+    tiny = tuple(shell[np.argmax(gap)])
+    core = np.argwhere(mm < 3.0)
+    nodule = tuple(core[np.argmax([np.abs(sampled - v).max(axis=1).min() for v in core])])
+    logits = torch.zeros((4,) + tuple(shape))
+    logits[0] = 1.0
+    logits[2][torch.from_numpy(ball)] = 5.0
+    logits[2][tiny] = 5.0
+    logits[3][nodule], logits[2][nodule] = 5.0, 0.0
+    heads = torch.cat([logits, torch.zeros((1 + 3,) + tuple(shape))])  # center and offsets unused by components
+    data["pred"] = MetaTensor(heads, affine=fine.affine, meta=dict(fine.meta))
+    return data, preprocessing, image, tiny, nodule
+
+
+def test_instances_lost_by_the_inversion_are_restored_or_dropped_by_name(tmp_path):
+    import json
+
+    from monai.transforms import Invertd
+
+    from medpanoptic.io.geometry import ras_to_voxel, voxel_to_ras
+    from medpanoptic.labels import LabelSet
+    from medpanoptic.segment import PanopticResult
+    from medpanoptic.transforms import PanopticPostprocessd, SavePanopticd, integer_pair, source_grid_pair
+
+    labels = LabelSet.from_names(stuff=["tissue"], things=["lesion", "nodule"])  # 1 stuff, 2 and 3 things
+    data, preprocessing, image, tiny, nodule = _inversion_case()
+    data = PanopticPostprocessd(keys="pred", label_set=labels, mode="components")(data)
+    found = data["pred"][1].numpy()
+    tiny_id, nodule_id = int(found[tiny]), int(found[nodule])
+    assert sorted(data["pred_centres"]) == [1, 2, 3] and {tiny_id, nodule_id} < {1, 2, 3}
+    data["pred_scores"] = {i: 1.0 / i for i in data["pred_centres"]}  # ranked as grouping ranks them
+    data = Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=True, to_tensor=True)(data)
+    lost = integer_pair(data["pred"])[1]
+    assert set(np.unique(lost.numpy())) == {0, ({1, 2, 3} - {tiny_id, nodule_id}).pop()}  # both small ones vanished
+
+    pair, scores, dropped = source_grid_pair(data, "pred")
+    assert dropped == [nodule_id]  # its centre lands on the large lesion: no voxel of its own to get
+    ids = sorted(set(np.unique(pair[1].numpy())) - {0})
+    assert ids == [1, 2] and sorted(scores) == ids  # consecutive, every score keyed to a present id
+    source_affine = image.affine.numpy()
+    centre = tuple(np.rint(ras_to_voxel(source_affine, voxel_to_ras(data["image"].affine.numpy(), np.array(tiny)))).astype(int))
+    restored = int(pair[1][centre])
+    assert restored > 0 and int((pair[1] == restored).sum()) == 1 and int(pair[0][centre]) == 2
+    assert scores[restored] == pytest.approx(1.0 / tiny_id)  # its score followed it to its new id
+    result = PanopticResult(pair, labels, scores, dropped_instances=len(dropped))
+    assert result.n_instances == 2 == len(ids)
+
+    # the bundle path (`python -m monai.bundle run`) writes the same through SavePanopticd
+    SavePanopticd(keys="pred", output_dir=tmp_path, label_set=labels)({**data, "case": "inverted"})
+    back, _ = read_panoptic(tmp_path / "inverted", label_set=labels)
+    np.testing.assert_array_equal(back.numpy(), pair.numpy())
+    document = json.loads((tmp_path / "inverted_panoptic.json").read_text())
+    assert document["dropped_instances"] == 1 and sorted(document["scores"]) == ["1", "2"]
+
+
+def test_n_instances_counts_instances_not_the_largest_id():
+    import torch
+
+    from medpanoptic.labels import LabelSet
+    from medpanoptic.pair import make_pair
+    from medpanoptic.segment import PanopticResult
+
+    labels = LabelSet.from_names(things=["lesion"])
+    pair = make_pair(torch.tensor([[1, 1, 0, 1]]), torch.tensor([[2, 2, 0, 9]]))
+    assert PanopticResult(pair, labels).n_instances == 2

@@ -60,6 +60,14 @@ def voxel_to_ras(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
     return ijk @ a[:3, :n].T + a[:3, 3]
 
 
+def ras_to_voxel(affine: np.ndarray, ras: np.ndarray, ndim: int = 3) -> np.ndarray:
+    """Voxel indices (float, shape (..., ndim)) of patient RAS mm `ras`: the inverse of `voxel_to_ras`
+    (for 2D grids, the nearest pixel position of the image plane)."""
+    a = np.asarray(affine, dtype=float)
+    offset = np.asarray(ras, dtype=float) - a[:3, 3]
+    return offset @ np.linalg.pinv(a[:3, :ndim]).T
+
+
 def voxel_to_lps(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
     """Patient LPS mm (DICOM's frame) of voxel indices `ijk`."""
     return voxel_to_ras(affine, ijk) * np.array([-1.0, -1.0, 1.0])

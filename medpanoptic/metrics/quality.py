@@ -4,8 +4,12 @@ Policy, in the words of Kirillov et al. (CVPR 2019) and the COCO panoptic evalua
 
 - segments are matched only within a class; a stuff class is one segment per image;
 - a match needs IoU > threshold (0.5 by default, strictly greater): above 0.5 matches are
-  unique by construction; below 0.5 a maximum-weight bipartite matching (Hungarian, on IoU)
-  picks them, and only pairs above the threshold count;
+  unique by construction; below 0.5 the pairs at or under the threshold are discarded first
+  and a maximum-weight bipartite matching (Hungarian, on IoU) runs over those left, as
+  panoptica's `MaxBipartiteMatching` does. MONAI's `compute_panoptic_quality` runs the
+  assignment over all IoUs and filters afterwards, so a pair under the threshold can win the
+  assignment and take the place of a valid match; a pair that can never be a true positive
+  should not decide which pairs are, hence this order (it gives at least as many TPs);
 - with a void label, void voxels leave the union of a pair, and an unmatched predicted
   segment lying more than half in void is ignored instead of counted as a false positive;
 - PQ = Σ IoU(TP) / (TP + FP/2 + FN/2), SQ = Σ IoU / TP, RQ = TP / (TP + FP/2 + FN/2);
@@ -25,7 +29,9 @@ from typing import Iterable, Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..labels import LabelSet
+from ..errors import PanopticError
+from ..labels import LabelClass, LabelSet
+from ..pair import check_pair
 from .contingency import Contingency, contingency
 
 Matching = Literal["unique", "hungarian"]
@@ -205,13 +211,35 @@ def panoptic_quality(
     void_label: int | None = None,
     iou_threshold: float = 0.5,
     matching: Matching | None = None,
+    check: bool = True,
 ) -> PanopticQuality:
     """PQ, SQ and RQ of a predicted pair against a ground-truth pair (2D or 3D, numpy or torch, any device).
+
+    With `check` (the default) both pairs are first held to the rules of `pair.check_pair`
+    (one compiled pass each on the CPU): a thing voxel without an instance, an instance on
+    background or stuff, an id spanning two classes or a label outside the label set (and
+    `void_label`) raises a `PanopticError` naming the prediction or the ground truth, instead of
+    turning silently into extra false positives or negatives. `check=False` skips that pass for
+    pairs already checked (e.g. just read by `read_panoptic`); malformed pairs then give
+    undefined figures. Matching below IoU 0.5 filters first, then assigns (see the module notes).
 
     Example::
 
         result = panoptic_quality(pred_pair, gt_pair, label_set)
         result.pq(), result.summary()["pq_things"], result.per_class()
     """
+    if check:
+        allowed = _with_void(label_set, void_label)
+        check_pair(pred, allowed, source="prediction")
+        check_pair(gt, allowed, source="ground truth")
     n_labels = max(label_set.max_id, void_label or 0) + 1
     return match_segments(contingency(pred, gt, n_labels), label_set, void_label, iou_threshold, matching)
+
+
+def _with_void(label_set: LabelSet, void_label: int | None) -> LabelSet:
+    """The label set the pairs are checked against: the void label counts as a known stuff id."""
+    if void_label is None or void_label in label_set:
+        return label_set
+    if void_label <= 0:
+        raise PanopticError(f"void_label must be a positive label id, got {void_label}")
+    return LabelSet(label_set.classes + (LabelClass(int(void_label), "void", "stuff"),))
