@@ -139,18 +139,20 @@ def read_panoptic(
     — the Decathlon case. The thing classes come from `label_set` or `thing_classes`.
 
     A DICOM SEG or a Slicer `.seg.nrrd` (ours, or made by dcmqi, Slicer, ...) is mapped to
-    (label, instance) through `label_set` (required): by `segment_mapping` (segment name ->
-    class id), else the coded segment type, else the segment name.
+    (label, instance) through `label_set`: by `segment_mapping` (segment name -> class id),
+    else the coded segment type, else the segment name. Without a label set, the classes are
+    the ones the segments describe, with their codes (`segments.label_set_of_segments`).
     """
     path = Path(path)
     if path.name.endswith(".seg.nrrd") or (path.suffix.lower() in (".dcm", "") and path.is_file()):
-        from .dicom_seg import is_dicom_seg, read_dicom_seg
-        from .seg_nrrd import read_seg_nrrd
+        from .dicom_seg import dicom_seg_label_set, is_dicom_seg, read_dicom_seg
+        from .seg_nrrd import read_seg_nrrd, seg_nrrd_label_set
 
         if path.name.endswith(".seg.nrrd") or is_dicom_seg(path):
-            if label_set is None:
-                raise InputError(path, "mapping viewer segments back to classes needs a label set")
-            reader = read_seg_nrrd if path.name.endswith(".seg.nrrd") else read_dicom_seg
+            nrrd = path.name.endswith(".seg.nrrd")
+            if label_set is None:  # the classes (names, codes, colours) the file's segments describe
+                label_set = seg_nrrd_label_set(path) if nrrd else dicom_seg_label_set(path)
+            reader = read_seg_nrrd if nrrd else read_dicom_seg
             return _checked(reader(path, label_set, segment_mapping), label_set, path)
     for key, suffix in SUFFIXES.items():
         if path.name.endswith(suffix) and key != "pair":
