@@ -130,6 +130,8 @@ def write_dicom_seg(
             transfer_syntax_uid=RLELossless if segmentation_type == "LABELMAP" else pydicom.uid.ExplicitVRLittleEndian,
             omit_empty_frames=segmentation_type == "BINARY",
         )
+        if not all(s.name.isascii() for s in segments):  # segment labels beyond the source's character set
+            seg.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: every value is re-encoded on saving
         path = Path(path)
         with atomic_paths(path) as (tmp,):
             seg.save_as(tmp)

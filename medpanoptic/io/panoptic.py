@@ -89,6 +89,34 @@ def write_panoptic(
     return {k: paths[k] for k in keys}
 
 
+TIFF_SUFFIXES = {"label": "_label.tif", "instance": "_instance.tif"}
+
+
+def write_tiff_maps(pair: torch.Tensor, stem: str | os.PathLike) -> dict[str, Path]:
+    """`<stem>_label.tif` (uint16) and `<stem>_instance.tif` (uint16, uint32 past 65535) in numpy's axis order.
+
+    Our grid is indexed (i, j[, k]) = (column, row[, slice]) — SimpleITK's x, y, z — so a 2D
+    map here is the transpose of what numpy, PIL and tifffile give for the source PNG/TIFF.
+    These files reverse the axes back: rows x columns (slices x rows x columns in 3D), so
+    `tifffile.imread(path)` lines up pixel for pixel with `np.asarray(PIL.Image.open(source))`.
+    They carry no geometry; the NIfTI maps and the viewer exports do.
+    """
+    import tifffile
+
+    arr = np.asarray(pair.detach().cpu() if isinstance(pair, torch.Tensor) else pair)
+    if arr.ndim not in (3, 4) or arr.shape[0] != 2:
+        raise PanopticError(f"a TIFF export needs a (2, *spatial) 2D or 3D pair, got shape {tuple(arr.shape)}")
+    if arr.size and int(arr.min()) < 0:
+        raise PanopticError("negative label or instance ids cannot be written as unsigned TIFF maps")
+    paths = {key: Path(os.fspath(stem) + suffix) for key, suffix in TIFF_SUFFIXES.items()}
+    with atomic_paths(paths["label"], paths["instance"]) as (label_tmp, instance_tmp):
+        for tmp, values in ((label_tmp, arr[LABEL]), (instance_tmp, arr[INSTANCE])):
+            high = int(values.max()) if values.size else 0
+            dtype = np.uint16 if high <= np.iinfo(np.uint16).max else _smallest_uint(high)
+            tifffile.imwrite(tmp, np.ascontiguousarray(values.transpose().astype(dtype)), compression="zlib")
+    return paths
+
+
 def _write_map(path: Path, values: np.ndarray, affine: np.ndarray, compress: bool, at_least: int = 0) -> np.ndarray:
     """Write one map in the smallest unsigned type that holds it; returns the cast array.
 

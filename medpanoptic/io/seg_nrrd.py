@@ -3,12 +3,18 @@
 Each segment has its name, colour, SNOMED CT terminology entry and tags carrying the class id
 and instance id (`medpanoptic.class_id`, `medpanoptic.instance_id`), so the file opens in
 Slicer as a list of named, coloured, coded segments and comes back as the same pair.
+
+A NRRD header is ASCII (pynrrd refuses anything else on writing and drops it on reading), so
+a name or code meaning with other characters is written with those characters (and `%`)
+percent-encoded as UTF-8 ('Läsion' -> 'L%C3%A4sion'); reading one of our files decodes them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 import slicerio
@@ -30,25 +36,33 @@ TERMINOLOGY_KEYS = {"category": "category", "type": "type", "type_modifier": "ty
 context~category~type~type modifier~anatomic context~region~region modifier, each scheme^value^meaning)."""
 
 
+_NOT_ASCII = re.compile(r"[^\x20-\x7e]|%")
+
+
+def header_text(text: str) -> str:
+    """`text` as printable ASCII for a NRRD header: other characters (and '%') percent-encoded."""
+    return _NOT_ASCII.sub(lambda m: quote(m.group(0), safe=""), text)
+
+
 def terminology(segment: Segment) -> dict:
     """The Slicer terminology entry of a segment: every code it has, as [scheme, value, meaning]."""
     entry: dict = {"contextName": CONTEXT}
     for field, key in TERMINOLOGY_KEYS.items():
         code = getattr(segment, field)
         if code is not None:
-            entry[key] = [code.scheme, code.value, code.meaning]
+            entry[key] = [header_text(code.scheme), header_text(code.value), header_text(code.meaning)]
     if segment.anatomic_region is not None:
         entry["anatomicContextName"] = ANATOMIC_CONTEXT
     return entry
 
 
-def codes_of_terminology(entry: dict | None) -> dict[str, Code]:
+def codes_of_terminology(entry: dict | None, decode=str) -> dict[str, Code]:
     """Our code fields from a parsed Slicer terminology entry; empty triples (`^^`) are absent codes."""
     codes = {}
     for field, key in TERMINOLOGY_KEYS.items():
         triple = (entry or {}).get(key)
         if triple and any(str(part) for part in triple):
-            codes[field] = Code(*_code(triple))
+            codes[field] = Code(*(decode(part) for part in _code(triple)))
     return codes
 
 
@@ -67,7 +81,7 @@ def write_seg_nrrd(pair, label_set: LabelSet, path: str | os.PathLike, compressi
         "masterRepresentation": "Binary labelmap",
         "segments": [
             {
-                "id": f"Segment_{s.number}", "labelValue": s.number, "layer": 0, "name": s.name,
+                "id": f"Segment_{s.number}", "labelValue": s.number, "layer": 0, "name": header_text(s.name),
                 "color": [v / 255.0 for v in s.color],
                 "terminology": terminology(s),
                 "tags": {CLASS_TAG: str(s.label), INSTANCE_TAG: str(s.instance)},
@@ -110,6 +124,8 @@ def _read(path: Path, skip_voxels: bool = False) -> dict:
 
 
 def _found(seg: dict, path: Path) -> list[FoundSegment]:
+    ours = any(CLASS_TAG in s.get("tags", {}) for s in seg["segments"])
+    decode = unquote if ours else str  # only our writer percent-encodes; another tool's '%' is literal
     found = []
     for s in seg["segments"]:
         tags = s.get("tags", {})
@@ -120,8 +136,9 @@ def _found(seg: dict, path: Path) -> list[FoundSegment]:
         except (KeyError, ValueError) as e:
             raise InputError(path, f"segment '{s.get('name', s.get('id'))}' has no usable label value or id tag ({e})") from None
         color = tuple(int(round(255 * float(v))) for v in s.get("color", (0.5, 0.5, 0.5))[:3])
-        found.append(FoundSegment(number, str(s.get("name", s.get("id", number))), color,  # type: ignore[arg-type]
-                                  codes_of_terminology(s.get("terminology")), class_id, instance))
+        name = decode(str(s.get("name", s.get("id", number))))
+        found.append(FoundSegment(number, name, color, codes_of_terminology(s.get("terminology"), decode),  # type: ignore[arg-type]
+                                  class_id, instance))
     return found
 
 
