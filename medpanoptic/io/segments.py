@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, LabelSetError, PanopticError
-from ..labels import OPTIONAL_CODE_FIELDS, PALETTE, Code, LabelClass, LabelSet
+from ..labels import OPTIONAL_CODE_FIELDS, Code, LabelClass, LabelSet
 
 MAX_SEGMENTS = 65535
 
