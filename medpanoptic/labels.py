@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -50,10 +51,63 @@ SCT_LESION = Code("52988006", "SCT", "Lesion")
 SCT_NUCLEUS = Code("84640000", "SCT", "Nucleus")
 SCT_CELL = Code("4421005", "SCT", "Cell")
 
+MAX_NAME_LENGTH = 64
+"""Characters in a class name: DICOM's LO (Segment Label) holds 64."""
+FORBIDDEN_IN_NAME = {'"': "ITK-SNAP's label file ends a name at a double quote",
+                     "\\": "DICOM splits values at a backslash"}
+FORBIDDEN_IN_CODE = {"^": "Slicer separates a code's parts with '^'", "~": "Slicer separates terminology fields with '~'",
+                     "|": "Slicer separates segment tags with '|'", "\\": "DICOM splits values at a backslash"}
+
+
+def _line_breaking(text: str) -> str | None:
+    """The first control or line/paragraph-separator character of `text` (what breaks one-line formats), if any."""
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            return ch
+    return None
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a class name (every viewer format must hold it intact), or None."""
+    if not name.strip():
+        return "the name is empty"
+    bad = _line_breaking(name)
+    if bad is not None:
+        return f"the name contains the control character U+{ord(bad):04X}: names are one line of printable text"
+    if name != name.strip():
+        return "the name starts or ends with white space, which DICOM and Slicer drop"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"the name has {len(name)} characters, more than {MAX_NAME_LENGTH} (DICOM LO)"
+    for ch, why in FORBIDDEN_IN_NAME.items():
+        if ch in name:
+            return f"the name contains {ch!r}: {why}"
+    return None
+
+
+def code_problem(code: "Code") -> str | None:
+    """Why `code` cannot be written into Slicer terminology and DICOM code items, or None."""
+    for part, text in (("value", code.value), ("scheme", code.scheme), ("meaning", code.meaning)):
+        if not text.strip():
+            return f"its {part} is empty"
+        bad = _line_breaking(text)
+        if bad is not None:
+            return f"its {part} {text!r} contains the control character U+{ord(bad):04X}"
+        for ch, why in FORBIDDEN_IN_CODE.items():
+            if ch in text:
+                return f"its {part} {text!r} contains {ch!r}: {why}"
+    return None
+
 
 @dataclass(frozen=True)
 class LabelClass:
-    """One class: its id in the label channel, name, kind, display colour (RGB 0-255) and codes."""
+    """One class: its id in the label channel, name, kind, display colour (RGB 0-255) and codes.
+
+    `category` and `type` are the segmented property category and type (DICOM CID 7150/7151);
+    `type_modifier` qualifies the type (e.g. SCT 7771000 "Left" of a kidney); `anatomic_region`
+    says where a type that is not itself anatomy lies (a mass in the adrenal gland), and
+    `anatomic_region_modifier` qualifies the region. These are what Slicer's terminology and a
+    DICOM SEG segment description carry.
+    """
 
     id: int
     name: str
@@ -61,6 +115,15 @@ class LabelClass:
     color: tuple[int, int, int] = (128, 128, 128)
     category: Code = SCT_TISSUE
     type: Code = SCT_TISSUE
+    type_modifier: Code | None = None
+    anatomic_region: Code | None = None
+    anatomic_region_modifier: Code | None = None
+
+    @property
+    def codes(self) -> dict[str, Code]:
+        """Every code this class carries, by field name (the optional ones only when set)."""
+        named = {key: getattr(self, key) for key in CODE_FIELDS}
+        return {key: code for key, code in named.items() if code is not None}
 
     @property
     def is_thing(self) -> bool:
@@ -72,8 +135,7 @@ class LabelClass:
             "name": self.name,
             "kind": self.kind,
             "color": list(self.color),
-            "category": self.category.to_dict(),
-            "type": self.type.to_dict(),
+            **{key: code.to_dict() for key, code in self.codes.items()},
         }
 
     @classmethod
@@ -89,7 +151,12 @@ class LabelClass:
             color=color,  # type: ignore[arg-type]
             category=Code.from_dict(d["category"]) if "category" in d else SCT_TISSUE,
             type=Code.from_dict(d["type"]) if "type" in d else SCT_TISSUE,
+            **{key: Code.from_dict(d[key]) for key in OPTIONAL_CODE_FIELDS if d.get(key) is not None},
         )
+
+
+OPTIONAL_CODE_FIELDS = ("type_modifier", "anatomic_region", "anatomic_region_modifier")
+CODE_FIELDS = ("category", "type", *OPTIONAL_CODE_FIELDS)
 
 
 def _as_int(value, what: str) -> int:
@@ -103,7 +170,9 @@ class LabelSet:
     """An ordered, validated set of classes; construction refuses an invalid set.
 
     Rules: ids are unique integers in 1..65535 (0 is background), names are unique and
-    non-empty, kind is 'stuff' or 'thing', colours are three integers in 0..255.
+    survive every viewer format (`name_problem`: one line, no control characters, at most 64
+    characters, no double quote or backslash), kind is 'stuff' or 'thing', colours are three
+    integers in 0..255, codes have no Slicer or DICOM separators (`code_problem`).
     """
 
     classes: tuple[LabelClass, ...]
@@ -123,8 +192,13 @@ class LabelSet:
                 raise LabelSetError(f"class '{c.name}': id {c.id} is outside 1..65535")
             if c.id in by_id:
                 raise LabelSetError(f"duplicate class id {c.id} ('{by_id[c.id].name}' and '{c.name}')")
-            if not c.name.strip():
-                raise LabelSetError(f"class id {c.id} has an empty name")
+            problem = name_problem(c.name) if isinstance(c.name, str) else "the name is not text"
+            if problem:
+                raise LabelSetError(f"class id {c.id}: {problem}")
+            for key, code in c.codes.items():
+                problem = code_problem(code) if isinstance(code, Code) else f"it is a {type(code).__name__}, not a Code"
+                if problem:
+                    raise LabelSetError(f"class id {c.id} ('{c.name}'): {key} code: {problem}")
             if c.name in names:
                 raise LabelSetError(f"duplicate class name '{c.name}'")
             if c.kind not in KINDS:
@@ -204,12 +278,16 @@ class LabelSet:
 
     @classmethod
     def from_names(cls, stuff: Iterable[str] = (), things: Iterable[str] = (), name: str = "") -> "LabelSet":
-        """A quick label set: stuff classes first, then things, ids from 1, colours from a palette."""
+        """A quick label set: stuff classes first, then things, ids from 1, colours from a palette.
+
+        Stuff is coded as tissue (category and type SCT "Tissue"); things as lesions (category
+        "Morphologically Abnormal Structure", type "Lesion"): a type, never the category again.
+        """
         entries = [(n, "stuff") for n in stuff] + [(n, "thing") for n in things]
         classes = []
         for i, (n, kind) in enumerate(entries, start=1):
-            category = SCT_MORPHOLOGICALLY_ABNORMAL if kind == "thing" else SCT_TISSUE
-            classes.append(LabelClass(i, n, kind, PALETTE[(i - 1) % len(PALETTE)], category, category))  # type: ignore[arg-type]
+            category, type_ = (SCT_MORPHOLOGICALLY_ABNORMAL, SCT_LESION) if kind == "thing" else (SCT_TISSUE, SCT_TISSUE)
+            classes.append(LabelClass(i, n, kind, PALETTE[(i - 1) % len(PALETTE)], category, type_))  # type: ignore[arg-type]
         return cls(tuple(classes), name=name)
 
 

@@ -1,9 +1,13 @@
 """The instance table: one row per thing instance, in patient coordinates, ready for a spreadsheet.
 
 Columns: instance id, class, voxel count, volume (mm³), centroid in voxel indices and in
-patient LPS mm (DICOM's frame) and RAS mm, bounding box (voxel indices, inclusive-exclusive),
-mean and max image intensity inside the instance (when the image is given), and the model's
-confidence score (when there is one).
+patient LPS mm (DICOM's frame) and RAS mm, bounding box, mean and max image intensity inside
+the instance (when the image is given), and the model's confidence score (when there is one).
+
+The bounding box is in voxel indices of the result's grid, as a Python slice: `bbox_min_voxel`
+is the first index inside the instance (inclusive), `bbox_stop_voxel` one past the last
+(exclusive), so `array[i0:i1, j0:j1, k0:k1]` holds the instance and `stop - min` is its extent
+in voxels. In the CSV they are split into `_i`, `_j`, `_k` columns.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def instance_table(pair, label_set: LabelSet, image=None, scores: Mapping[int, f
     for row in rows:
         i = row["instance"]
         row["bbox_min_voxel"] = stats.box_low[i, :ndim].tolist()
-        row["bbox_max_voxel"] = (stats.box_high[i, :ndim] + 1).tolist()
+        row["bbox_stop_voxel"] = (stats.box_high[i, :ndim] + 1).tolist()  # exclusive: a slice stop
         if image is not None:
             row["mean_intensity"] = float(sums[i]) / row["voxels"]
             row["max_intensity"] = float(maxima[i])

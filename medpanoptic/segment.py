@@ -23,7 +23,7 @@ from .errors import InputError
 from .labels import LabelSet
 
 BUNDLES_ENV = "MEDPANOPTIC_BUNDLES"
-SAVE_FORMATS = ("nifti", "dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "png")
+SAVE_FORMATS = ("nifti", "dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "tiff", "png")
 
 
 def bundle_path(name_or_path: str | os.PathLike) -> Path:

@@ -201,7 +201,8 @@ def test_instance_table_and_labelmap(oblique_ct, tmp_path):
     mask = oblique_ct.pair[1].numpy() == 1
     assert first["mean_intensity"] == pytest.approx(float(oblique_ct.image[0].numpy()[mask].mean()), rel=1e-5)
     ijk = np.argwhere(mask)
-    assert first["bbox_min_voxel"] == ijk.min(0).tolist() and first["bbox_max_voxel"] == (ijk.max(0) + 1).tolist()
+    assert first["bbox_min_voxel"] == ijk.min(0).tolist() and first["bbox_stop_voxel"] == (ijk.max(0) + 1).tolist()
+    assert "bbox_max_voxel" not in first and {"bbox_stop_voxel_i", "bbox_stop_voxel_k"} <= set(rows[0])
     assert float(rows[0]["score"]) == 0.9 and rows[1]["score"] == "nan"
     numbers = read_scan(written["labelmap"])
     expected, segments = segment_map(oblique_ct.pair, oblique_ct.label_set)

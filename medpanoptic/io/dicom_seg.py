@@ -28,7 +28,7 @@ from .atomic import atomic_paths
 from .geometry import LPS_TO_RAS
 from .nifti import nifti_order
 from .scan import make_meta_tensor, read_scan
-from .segments import class_of_segment, instance_from_name, pair_from_segments, segment_map
+from .segments import TRAILING_NUMBER, FoundSegment, Segment, classes_of_segments, label_set_of_segments, pair_from_segments, segment_map
 
 SegmentationType = Literal["BINARY", "LABELMAP"]
 SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
@@ -36,6 +36,48 @@ SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7
 
 def _coded(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def _code_of(item) -> Code:
+    return Code(str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning))
+
+
+def segment_description(s: Segment, algorithm: hd.AlgorithmIdentificationSequence) -> hd.seg.SegmentDescription:
+    """A segment's DICOM description: label, category, type with its modifier (0062,0011), anatomic
+    region with its modifier (0008,2220), tracking identity and colour. highdicom's constructor
+    has no modifier arguments, so the modifiers go into the code items it made."""
+    description = hd.seg.SegmentDescription(
+        segment_number=s.number, segment_label=s.name,
+        segmented_property_category=_coded(s.category), segmented_property_type=_coded(s.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+        tracking_uid=generate_uid(), tracking_id=s.tracking_id,
+        anatomic_regions=[_coded(s.anatomic_region)] if s.anatomic_region is not None else None,
+        display_color=hd.color.CIELabColor.from_rgb(*s.color),
+    )
+    if s.type_modifier is not None:
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [_coded(s.type_modifier)]
+    if s.anatomic_region is not None and s.anatomic_region_modifier is not None:
+        description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [_coded(s.anatomic_region_modifier)]
+    return description
+
+
+def found_segment(number: int, item) -> FoundSegment:
+    """What one SegmentSequence item says: label, colour and every code (type/region modifiers included)."""
+    type_item = item.SegmentedPropertyTypeCodeSequence[0]
+    codes = {"category": _code_of(item.SegmentedPropertyCategoryCodeSequence[0]), "type": _code_of(type_item)}
+    if type_item.get("SegmentedPropertyTypeModifierCodeSequence"):
+        codes["type_modifier"] = _code_of(type_item.SegmentedPropertyTypeModifierCodeSequence[0])
+    region = item.get("AnatomicRegionSequence") or item.get("PrimaryAnatomicStructureSequence")
+    if region:
+        codes["anatomic_region"] = _code_of(region[0])
+        if region[0].get("AnatomicRegionModifierSequence"):
+            codes["anatomic_region_modifier"] = _code_of(region[0].AnatomicRegionModifierSequence[0])
+    color = (128, 128, 128)
+    if "RecommendedDisplayCIELabValue" in item:
+        color = tuple(int(v) for v in hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb())
+    match = TRAILING_NUMBER.search(str(item.get("TrackingID", "") or ""))  # 'lesion 3': the thing's instance id
+    instance = int(match.group(1)) if match else None
+    return FoundSegment(int(number), str(item.SegmentLabel), color, codes, None, instance)  # type: ignore[arg-type]
 
 
 def write_dicom_seg(
@@ -73,16 +115,7 @@ def write_dicom_seg(
         frames = frames[np.argsort(scan.meta["frame_numbers"])]  # back to the source's own frame order
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version or __version__)
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=s.number, segment_label=s.name,
-            segmented_property_category=_coded(s.category), segmented_property_type=_coded(s.type),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
-            tracking_uid=generate_uid(), tracking_id=s.tracking_id,
-            display_color=hd.color.CIELabColor.from_rgb(*s.color),
-        )
-        for s in segments
-    ]
+    descriptions = [segment_description(s, algorithm) for s in segments]
     # highdicom and pydicom build tens of thousands of small objects (one functional-group
     # item per frame); pausing the cyclic garbage collector meanwhile saves a quarter of the time
     collecting = gc.isenabled()
@@ -97,6 +130,8 @@ def write_dicom_seg(
             transfer_syntax_uid=RLELossless if segmentation_type == "LABELMAP" else pydicom.uid.ExplicitVRLittleEndian,
             omit_empty_frames=segmentation_type == "BINARY",
         )
+        if not all(s.name.isascii() for s in segments):  # segment labels beyond the source's character set
+            seg.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: every value is re-encoded on saving
         path = Path(path)
         with atomic_paths(path) as (tmp,):
             seg.save_as(tmp)
@@ -145,17 +180,26 @@ def read_dicom_seg(
         volume = seg.get_volume(combine_segments=True, relabel=False)
     except Exception as e:  # highdicom raises many types on invalid or overlapping objects
         raise InputError(path, f"cannot read this DICOM SEG as one non-overlapping volume ({e})") from None
-    specs = []
-    for number in seg.segment_numbers:
-        description = seg.get_segment_description(number)
-        type_code = Code(description.segmented_property_type.value, description.segmented_property_type.scheme_designator,
-                         description.segmented_property_type.meaning)
-        category = Code(description.segmented_property_category.value,
-                        description.segmented_property_category.scheme_designator,
-                        description.segmented_property_category.meaning)
-        cls = class_of_segment(label_set, description.segment_label, type_code, category, mapping, str(path))
-        instance = instance_from_name(cls, description.tracking_id or description.segment_label)
-        specs.append((int(number), cls, instance))
+    specs = classes_of_segments(_found_segments(seg, path), label_set, mapping, str(path))
     numbers, affine = _as_source_grid(volume.array, volume.affine)
     pair = pair_from_segments(numbers.astype(np.int64), specs)
     return make_meta_tensor(pair.astype(np.int32), affine, {"filename_or_obj": str(path), "source_format": "dicom-seg"})
+
+
+def dicom_seg_label_set(path: str | os.PathLike) -> LabelSet:
+    """The label set a DICOM SEG's segment descriptions describe (labels, colours, codes with
+    modifiers and anatomic regions); see `label_set_of_segments`. Reads the header only."""
+    path = Path(path)
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as e:  # pydicom raises many types on damaged files
+        raise InputError(path, f"cannot read as DICOM ({e})") from None
+    return label_set_of_segments(_found_segments(header, path), str(path))
+
+
+def _found_segments(dataset, path: Path) -> list[FoundSegment]:
+    try:
+        # a LABELMAP SEG may describe its background as segment 0: it is no segment of the result
+        return [found_segment(item.SegmentNumber, item) for item in dataset.SegmentSequence if int(item.SegmentNumber) != 0]
+    except (AttributeError, IndexError, KeyError, ValueError, TypeError) as e:
+        raise InputError(path, f"a segment description lacks a required attribute or code ({e})") from None

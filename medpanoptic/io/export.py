@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 from ..errors import InputError
 from ..labels import LabelSet
 
-FORMATS = ("dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table")
+FORMATS = ("dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "tiff")
 
 
 def export(
@@ -30,6 +30,7 @@ def export(
     from ..report import instance_table, write_instance_table
     from .dicom_seg import write_dicom_seg
     from .labelmap import write_labelmap
+    from .panoptic import write_tiff_maps
     from .seg_nrrd import write_seg_nrrd
 
     formats = list(formats)
@@ -48,6 +49,8 @@ def export(
             written[fmt] = write_seg_nrrd(pair, label_set, f"{stem}.seg.nrrd")
         elif fmt == "labelmap":
             written.update(write_labelmap(pair, label_set, stem))
+        elif fmt == "tiff":
+            written.update({f"tiff_{k}": v for k, v in write_tiff_maps(pair, stem).items()})
         elif fmt == "table":
             image = source if source is not None and tuple(source.shape[1:]) == tuple(pair.shape[1:]) else None
             paths = write_instance_table(instance_table(pair, label_set, image, scores), stem)

@@ -89,6 +89,34 @@ def write_panoptic(
     return {k: paths[k] for k in keys}
 
 
+TIFF_SUFFIXES = {"label": "_label.tif", "instance": "_instance.tif"}
+
+
+def write_tiff_maps(pair: torch.Tensor, stem: str | os.PathLike) -> dict[str, Path]:
+    """`<stem>_label.tif` (uint16) and `<stem>_instance.tif` (uint16, uint32 past 65535) in numpy's axis order.
+
+    Our grid is indexed (i, j[, k]) = (column, row[, slice]) — SimpleITK's x, y, z — so a 2D
+    map here is the transpose of what numpy, PIL and tifffile give for the source PNG/TIFF.
+    These files reverse the axes back: rows x columns (slices x rows x columns in 3D), so
+    `tifffile.imread(path)` lines up pixel for pixel with `np.asarray(PIL.Image.open(source))`.
+    They carry no geometry; the NIfTI maps and the viewer exports do.
+    """
+    import tifffile
+
+    arr = np.asarray(pair.detach().cpu() if isinstance(pair, torch.Tensor) else pair)
+    if arr.ndim not in (3, 4) or arr.shape[0] != 2:
+        raise PanopticError(f"a TIFF export needs a (2, *spatial) 2D or 3D pair, got shape {tuple(arr.shape)}")
+    if arr.size and int(arr.min()) < 0:
+        raise PanopticError("negative label or instance ids cannot be written as unsigned TIFF maps")
+    paths = {key: Path(os.fspath(stem) + suffix) for key, suffix in TIFF_SUFFIXES.items()}
+    with atomic_paths(paths["label"], paths["instance"]) as (label_tmp, instance_tmp):
+        for tmp, values in ((label_tmp, arr[LABEL]), (instance_tmp, arr[INSTANCE])):
+            high = int(values.max()) if values.size else 0
+            dtype = np.uint16 if high <= np.iinfo(np.uint16).max else _smallest_uint(high)
+            tifffile.imwrite(tmp, np.ascontiguousarray(values.transpose().astype(dtype)), compression="zlib")
+    return paths
+
+
 def _write_map(path: Path, values: np.ndarray, affine: np.ndarray, compress: bool, at_least: int = 0) -> np.ndarray:
     """Write one map in the smallest unsigned type that holds it; returns the cast array.
 
@@ -139,18 +167,20 @@ def read_panoptic(
     — the Decathlon case. The thing classes come from `label_set` or `thing_classes`.
 
     A DICOM SEG or a Slicer `.seg.nrrd` (ours, or made by dcmqi, Slicer, ...) is mapped to
-    (label, instance) through `label_set` (required): by `segment_mapping` (segment name ->
-    class id), else the coded segment type, else the segment name.
+    (label, instance) through `label_set`: by `segment_mapping` (segment name -> class id),
+    else the coded segment type, else the segment name. Without a label set, the classes are
+    the ones the segments describe, with their codes (`segments.label_set_of_segments`).
     """
     path = Path(path)
     if path.name.endswith(".seg.nrrd") or (path.suffix.lower() in (".dcm", "") and path.is_file()):
-        from .dicom_seg import is_dicom_seg, read_dicom_seg
-        from .seg_nrrd import read_seg_nrrd
+        from .dicom_seg import dicom_seg_label_set, is_dicom_seg, read_dicom_seg
+        from .seg_nrrd import read_seg_nrrd, seg_nrrd_label_set
 
         if path.name.endswith(".seg.nrrd") or is_dicom_seg(path):
-            if label_set is None:
-                raise InputError(path, "mapping viewer segments back to classes needs a label set")
-            reader = read_seg_nrrd if path.name.endswith(".seg.nrrd") else read_dicom_seg
+            nrrd = path.name.endswith(".seg.nrrd")
+            if label_set is None:  # the classes (names, codes, colours) the file's segments describe
+                label_set = seg_nrrd_label_set(path) if nrrd else dicom_seg_label_set(path)
+            reader = read_seg_nrrd if nrrd else read_dicom_seg
             return _checked(reader(path, label_set, segment_mapping), label_set, path)
     for key, suffix in SUFFIXES.items():
         if path.name.endswith(suffix) and key != "pair":

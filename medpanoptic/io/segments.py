@@ -8,13 +8,13 @@ segments (with their coded type, tracking id or name) become (label, instance) a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..errors import InputError, PanopticError
-from ..labels import Code, LabelClass, LabelSet
+from ..errors import InputError, LabelSetError, PanopticError
+from ..labels import OPTIONAL_CODE_FIELDS, Code, LabelClass, LabelSet
 
 MAX_SEGMENTS = 65535
 
@@ -30,6 +30,9 @@ class Segment:
     color: tuple[int, int, int]
     category: Code
     type: Code
+    type_modifier: Code | None = None
+    anatomic_region: Code | None = None
+    anatomic_region_modifier: Code | None = None
 
     @property
     def tracking_id(self) -> str:
@@ -38,7 +41,14 @@ class Segment:
 
 
 def segment_name(cls: LabelClass, instance: int) -> str:
-    return f"{cls.name.capitalize()} {instance}" if cls.is_thing else cls.name.capitalize()
+    """'Lesion 3' for a thing, 'Liver' for stuff: the class name as given, only its first letter raised."""
+    name = cls.name[:1].upper() + cls.name[1:]
+    return f"{name} {instance}" if cls.is_thing else name
+
+
+def _segment(number: int, cls: LabelClass, instance: int) -> Segment:
+    return Segment(number, cls.id, instance, segment_name(cls, instance), cls.color, cls.category, cls.type,
+                   cls.type_modifier, cls.anatomic_region, cls.anatomic_region_modifier)
 
 
 def segment_map(pair, label_set: LabelSet) -> tuple[np.ndarray, list[Segment]]:
@@ -77,14 +87,31 @@ def segment_map(pair, label_set: LabelSet) -> tuple[np.ndarray, list[Segment]]:
         kept = [stuff_lut[c.id] for c in present] + list(range(len(stuff) + 1, len(stuff) + len(order) + 1))
         keep[kept] = np.arange(1, len(kept) + 1)
         numbers = keep[numbers]
-    segments = [Segment(k, c.id, 0, segment_name(c, 0), c.color, c.category, c.type) for k, c in enumerate(present, start=1)]
+    segments = [_segment(k, c, 0) for k, c in enumerate(present, start=1)]
     for inst in order:
-        c = label_set[int(thing_labels[inst])]
-        segments.append(Segment(len(segments) + 1, c.id, int(inst), segment_name(c, int(inst)), c.color, c.category, c.type))
+        segments.append(_segment(len(segments) + 1, label_set[int(thing_labels[inst])], int(inst)))
     return numbers, segments
 
 
 TRAILING_NUMBER = re.compile(r"(\d+)\s*$")
+INSTANCE_SUFFIX = re.compile(r"\s+(\d+)\s*$")
+"""' 3' at the end of 'Lesion 3': how a segment name says it is one instance of a thing class."""
+
+
+@dataclass(frozen=True)
+class FoundSegment:
+    """What a reader found about one segment of a viewer file: its number, name, colour and codes,
+    and the class id / instance id where the file carries them (our own tags)."""
+
+    number: int
+    name: str
+    color: tuple[int, int, int] = (128, 128, 128)
+    codes: dict[str, Code] = field(default_factory=dict)
+    class_id: int | None = None
+    instance: int | None = None
+
+    def code(self, key: str) -> Code | None:
+        return self.codes.get(key)
 
 
 def instance_from_name(cls: LabelClass, text: str | None) -> int | None:
@@ -93,16 +120,24 @@ def instance_from_name(cls: LabelClass, text: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _same(a: Code | None, b: Code | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and (a.value, a.scheme) == (b.value, b.scheme))
+
+
 def class_of_segment(label_set: LabelSet, name: str, type_code: Code | None, category_code: Code | None,
-                     mapping: dict[str, int] | None = None, source: str | None = None) -> LabelClass:
+                     mapping: dict[str, int] | None = None, source: str | None = None,
+                     type_modifier: Code | None = None) -> LabelClass:
     """The class a foreign segment stands for: an explicit mapping by name, then the coded type
-    (and category), then the segment name; a clear error when nothing fits."""
+    (narrowed by category, then by type modifier: left and right kidney share a type), then
+    the segment name; a clear error when nothing fits."""
     if mapping and name in mapping:
         return label_set[mapping[name]]
     if type_code is not None:
-        by_type = [c for c in label_set if (c.type.value, c.type.scheme) == (type_code.value, type_code.scheme)]
+        by_type = [c for c in label_set if _same(c.type, type_code)]
         if len(by_type) > 1 and category_code is not None:
             by_type = [c for c in by_type if c.category.value == category_code.value] or by_type
+        if len(by_type) > 1:
+            by_type = [c for c in by_type if _same(c.type_modifier, type_modifier)] or by_type
         if len(by_type) == 1:
             return by_type[0]
     stripped = TRAILING_NUMBER.sub("", name).strip().lower()
@@ -131,3 +166,49 @@ def pair_from_segments(numbers: np.ndarray, segments: list[tuple[int, LabelClass
             used.add(instance)
             instance_lut[number] = instance
     return np.stack([label_lut[numbers], instance_lut[numbers]])
+
+
+def classes_of_segments(found: list[FoundSegment], label_set: LabelSet, mapping: dict[str, int] | None = None,
+                        source: str | None = None) -> list[tuple[int, LabelClass, int | None]]:
+    """(number, class, instance or None) per segment, for `pair_from_segments`: by our class-id
+    tag when the label set has that id, else as `class_of_segment` decides."""
+    specs = []
+    for s in found:
+        if s.class_id is not None and s.class_id in label_set:
+            cls = label_set[s.class_id]
+        else:
+            cls = class_of_segment(label_set, s.name, s.code("type"), s.code("category"), mapping, source,
+                                   s.code("type_modifier"))
+        instance = s.instance if s.instance is not None else instance_from_name(cls, s.name)
+        specs.append((s.number, cls, instance))
+    return specs
+
+
+def label_set_of_segments(found: list[FoundSegment], source: str | None = None) -> LabelSet:
+    """A label set that a viewer file's segments describe, for reading one without a label set.
+
+    Segments with our class-id tag keep that id. Others are grouped by their codes and by
+    their name without an instance suffix ('Lesion 1', 'Lesion 2' -> 'Lesion'); a group is a
+    thing class when it has several segments or its names end in an instance number, else
+    stuff. Each class takes the codes and colour of its first segment.
+    """
+    groups: dict[tuple, list[FoundSegment]] = {}
+    for s in found:
+        base = INSTANCE_SUFFIX.sub("", s.name).strip() or s.name
+        codes = tuple((k, c.value, c.scheme) for k, c in sorted(s.codes.items()))
+        key = ("id", s.class_id) if s.class_id is not None else ("codes", base.lower(), codes)
+        groups.setdefault(key, []).append(s)
+    taken = {s.class_id for s in found if s.class_id is not None}
+    fresh = (i for i in range(1, 65536) if i not in taken)
+    classes = []
+    for key, members in groups.items():
+        first = members[0]
+        thing = len(members) > 1 or any(INSTANCE_SUFFIX.search(m.name) or (m.instance or 0) > 0 for m in members)
+        name = (INSTANCE_SUFFIX.sub("", first.name).strip() or first.name) if thing else first.name
+        codes = {k: c for k, c in first.codes.items() if k in ("category", "type", *OPTIONAL_CODE_FIELDS)}
+        class_id = first.class_id if first.class_id is not None else next(fresh)
+        classes.append(LabelClass(class_id, name, "thing" if thing else "stuff", first.color, **codes))
+    try:
+        return LabelSet(tuple(classes))
+    except LabelSetError as e:
+        raise InputError(source, f"its segments do not form a label set ({e}): pass one") from None
