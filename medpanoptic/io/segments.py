@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError, LabelSetError, PanopticError
-from ..labels import OPTIONAL_CODE_FIELDS, Code, LabelClass, LabelSet
+from ..labels import (OPTIONAL_CODE_FIELDS, SCT_ANATOMICAL_STRUCTURE, SCT_MORPHOLOGICALLY_ABNORMAL, SCT_TISSUE, Code,
+                      LabelClass, LabelSet)
 
 MAX_SEGMENTS = 65535
 
@@ -184,13 +185,34 @@ def classes_of_segments(found: list[FoundSegment], label_set: LabelSet, mapping:
     return specs
 
 
+_THING_CATEGORIES = {SCT_MORPHOLOGICALLY_ABNORMAL.value}
+_STUFF_CATEGORIES = {SCT_TISSUE.value, SCT_ANATOMICAL_STRUCTURE.value, "123037004"}  # 123037004: DICOM's newer code
+
+
+def _is_thing(members: list[FoundSegment], source: str | None) -> bool:
+    """Stuff or thing from what the file states: our instance tags, else the SCT category code."""
+    if any(m.instance is not None for m in members):
+        return any((m.instance or 0) > 0 for m in members)
+    category = members[0].code("category")
+    if category is not None and category.scheme in ("SCT", "SRT"):
+        if category.value in _THING_CATEGORIES:
+            return True
+        if category.value in _STUFF_CATEGORIES:
+            return False
+    stated = f"{category.meaning} ({category.scheme} {category.value})" if category is not None else "no category"
+    raise InputError(source, f"segment '{members[0].name}' has {stated}, which does not say whether it is stuff or "
+                             "a countable thing: pass a label set (label_set=, or --labels labels.json)")
+
+
 def label_set_of_segments(found: list[FoundSegment], source: str | None = None) -> LabelSet:
     """A label set that a viewer file's segments describe, for reading one without a label set.
 
     Segments with our class-id tag keep that id. Others are grouped by their codes and by
-    their name without an instance suffix ('Lesion 1', 'Lesion 2' -> 'Lesion'); a group is a
-    thing class when it has several segments or its names end in an instance number, else
-    stuff. Each class takes the codes and colour of its first segment.
+    their name without an instance suffix ('Lesion 1', 'Lesion 2' -> 'Lesion'). Whether a class
+    is stuff or thing is never guessed from names or counts: our instance tags say it, else the
+    coded category does (Morphologically Abnormal Structure: thing; Tissue or Anatomical
+    Structure: stuff); any other segment is refused with a request for a label set. Each class
+    takes the codes and colour of its first segment.
     """
     groups: dict[tuple, list[FoundSegment]] = {}
     for s in found:
@@ -203,7 +225,7 @@ def label_set_of_segments(found: list[FoundSegment], source: str | None = None) 
     classes = []
     for key, members in groups.items():
         first = members[0]
-        thing = len(members) > 1 or any(INSTANCE_SUFFIX.search(m.name) or (m.instance or 0) > 0 for m in members)
+        thing = _is_thing(members, source)
         name = (INSTANCE_SUFFIX.sub("", first.name).strip() or first.name) if thing else first.name
         codes = {k: c for k, c in first.codes.items() if k in ("category", "type", *OPTIONAL_CODE_FIELDS)}
         class_id = first.class_id if first.class_id is not None else next(fresh)
