@@ -129,6 +129,10 @@ def read_panoptic(
     connectivity: int | None = None,
     instance_path: str | os.PathLike | None = None,
     segment_mapping: dict[str, int] | None = None,
+    *,
+    reference: MetaTensor | str | os.PathLike | None = None,
+    fractional_threshold: float | None = None,
+    overlap: str = "error",
 ) -> tuple[MetaTensor, LabelSet]:
     """Read a panoptic result back as (pair MetaTensor, LabelSet).
 
@@ -138,20 +142,29 @@ def read_panoptic(
     components of the thing classes (full connectivity unless `connectivity` says otherwise)
     — the Decathlon case. The thing classes come from `label_set` or `thing_classes`.
 
-    A DICOM SEG or a Slicer `.seg.nrrd` (ours, or made by dcmqi, Slicer, ...) is mapped to
-    (label, instance) through `label_set` (required): by `segment_mapping` (segment name ->
-    class id), else the coded segment type, else the segment name.
+    A DICOM SEG (known by its content, whatever its name) or a Slicer `.seg.nrrd` (ours, or
+    made by dcmqi, Slicer, ...) is mapped to (label, instance) through `label_set` (required):
+    by `segment_mapping` (segment name -> class id, 0 for background), else the coded segment
+    type, else the segment name. A DICOM SEG is read onto the full grid of the series it
+    segments: the `reference` scan's (its source series, or a `read_scan` result) when given,
+    else the grid the SEG records (refused, with the reason, when it omits empty frames).
+    `fractional_threshold` and `overlap` are for FRACTIONAL and overlapping SEGs (see
+    `read_dicom_seg`).
     """
     path = Path(path)
-    if path.name.endswith(".seg.nrrd") or (path.suffix.lower() in (".dcm", "") and path.is_file()):
+    if path.name.endswith(".seg.nrrd") or path.is_file():
         from .dicom_seg import is_dicom_seg, read_dicom_seg
         from .seg_nrrd import read_seg_nrrd
 
-        if path.name.endswith(".seg.nrrd") or is_dicom_seg(path):
+        nrrd = path.name.endswith(".seg.nrrd")
+        if nrrd or is_dicom_seg(path):
             if label_set is None:
                 raise InputError(path, "mapping viewer segments back to classes needs a label set")
-            reader = read_seg_nrrd if path.name.endswith(".seg.nrrd") else read_dicom_seg
-            return _checked(reader(path, label_set, segment_mapping), label_set, path)
+            if nrrd:
+                return _checked(read_seg_nrrd(path, label_set, segment_mapping), label_set, path)
+            pair = read_dicom_seg(path, label_set, segment_mapping, reference=reference,
+                                  fractional_threshold=fractional_threshold, overlap=overlap)
+            return _checked(pair, label_set, path)
     for key, suffix in SUFFIXES.items():
         if path.name.endswith(suffix) and key != "pair":
             path = Path(str(path)[: -len(suffix)])
