@@ -183,13 +183,15 @@ class Segmenter:
     def __call__(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None,
                  case: str | None = None) -> PanopticResult:
         from .io.inputs import case_name
+        from .io.panoptic import source_identity
         from .transforms import integer_pair
 
         image = self.load(scan, series_uid)
         data = self.infer(image)
         pred = data["pred"]
         values = integer_pair(pred)
-        pair = MetaTensor(values, affine=image.affine.clone(), meta={"filename_or_obj": image.meta.get("filename_or_obj")})
+        pair = MetaTensor(values, affine=image.affine.clone(),
+                          meta={"filename_or_obj": image.meta.get("filename_or_obj"), **source_identity(image.meta)})
         if values.shape[1:] != image.shape[1:]:
             raise InputError(image.meta.get("filename_or_obj"), "the inverted result is not on the scan's grid")
         name = case or case_name(image.meta.get("filename_or_obj", "case"))

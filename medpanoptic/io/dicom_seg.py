@@ -27,6 +27,7 @@ from pydicom.uid import RLELossless, generate_uid
 from ..errors import GeometryError, InputError
 from ..labels import Code, LabelSet
 from .atomic import atomic_paths
+from .dicom_read import SEG_SOP_CLASSES, is_dicom_file
 from .geometry import LPS_TO_RAS, SLICE_SPACING_TOLERANCE, affine_from_plane_stack
 from .nifti import nifti_order
 from .scan import make_meta_tensor, read_scan
@@ -34,7 +35,6 @@ from .segments import class_of_segment, instance_from_name, pair_from_segments, 
 
 SegmentationType = Literal["BINARY", "LABELMAP"]
 Overlap = Literal["error", "first", "largest"]
-SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 
 
 def _coded(code: Code) -> hd.sr.CodedConcept:
@@ -67,7 +67,7 @@ def write_dicom_seg(
         raise GeometryError(where, f"the result {tuple(pair.shape[1:])} is not on the source scan's grid {tuple(scan.shape[1:])}")
     with ThreadPoolExecutor(max_workers=1) as pool:  # the segment map (no GIL) while the headers are parsed
         numbering = pool.submit(segment_map, pair, label_set)
-        datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in scan.meta["source_files"]]
+        datasets = [_as_highdicom_source(pydicom.dcmread(f, stop_before_pixels=True), f) for f in scan.meta["source_files"]]
         numbers, segments = numbering.result()
     if not segments:
         raise InputError(where, "the result is empty: a DICOM SEG needs at least one segment")
@@ -109,6 +109,36 @@ def write_dicom_seg(
     return path
 
 
+def _as_highdicom_source(ds: pydicom.Dataset, path: str | os.PathLike) -> pydicom.Dataset:
+    """A source header in the shape highdicom expects, meaning the same thing.
+
+    An empty SpecificCharacterSet is the default repertoire (as if absent); an Enhanced image's
+    pixel measures given per frame (Philips does) are the shared ones when every frame agrees.
+    """
+    if "SpecificCharacterSet" in ds and not any(str(v).strip() for v in _values(ds.SpecificCharacterSet)):
+        del ds.SpecificCharacterSet
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None:
+        shared = ds.setdefault("SharedFunctionalGroupsSequence", [pydicom.Dataset()]).value
+        if not shared:
+            shared.append(pydicom.Dataset())
+        if "PixelMeasuresSequence" not in shared[0]:
+            measures = [f.PixelMeasuresSequence[0] for f in per_frame if "PixelMeasuresSequence" in f]
+            if len(measures) != len(per_frame) or len({_pixel_size(m) for m in measures}) > 1:
+                raise GeometryError(path, "the frames do not share one PixelMeasuresSequence (pixel size per frame differs or is missing)")
+            shared[0].PixelMeasuresSequence = [measures[0]]
+    return ds
+
+
+def _pixel_size(measures: pydicom.Dataset) -> tuple:
+    return tuple(round(float(v), 4) for v in _values(measures.get("PixelSpacing", []))), \
+        round(float(measures.get("SliceThickness") or 0), 4)
+
+
+def _values(value) -> list:
+    return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+
+
 @dataclass(frozen=True)
 class _Grid:
     """A voxel grid: its shape (column, row, slice) and the affine from (i, j, k) to LPS mm."""
@@ -134,8 +164,6 @@ class _Frames:
 
 def is_dicom_seg(path: Path) -> bool:
     """Whether `path` is a DICOM Segmentation, known by its content (any name: `.dcm`, dcmqi's `.seg`, none)."""
-    from .dicom_read import is_dicom_file
-
     if not path.is_file() or not is_dicom_file(path):
         return False
     try:

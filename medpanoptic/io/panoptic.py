@@ -29,6 +29,13 @@ from .scan import make_meta_tensor
 FORMAT_NAME = "medpanoptic.panoptic"
 FORMAT_VERSION = 1
 SUFFIXES = {"label": "_label.nii.gz", "instance": "_instance.nii.gz", "json": "_panoptic.json", "pair": "_pair.nii.gz"}
+IDENTITY_KEYS = ("patient_id", "study_instance_uid", "series_instance_uid", "frame_of_reference_uid")
+"""Who and where a result belongs to: copied from the source scan's meta, checked before a DICOM SEG is written."""
+
+
+def source_identity(meta: dict) -> dict[str, str]:
+    """The patient, study, series and frame of reference a scan's (or result's) meta records; empty ones left out."""
+    return {k: str(meta[k]) for k in IDENTITY_KEYS if meta.get(k)}
 
 
 def panoptic_paths(stem: str | os.PathLike) -> dict[str, Path]:
@@ -57,7 +64,9 @@ def write_panoptic(
 
     `pair` is a (2, *spatial) integer MetaTensor on the source grid (its affine is written as
     the NIfTI geometry). With `single_file`, the pair is also written as one two-component
-    NIfTI. `extra` goes into the JSON (e.g. the bundle and the source scan). Returns the paths.
+    NIfTI. The source's patient, study, series and frame of reference in the pair's meta (see
+    `IDENTITY_KEYS`) are recorded, so that an export against another patient's series is refused.
+    `extra` goes into the JSON (e.g. the bundle and the source scan). Returns the paths.
     """
     affine = np.asarray(pair.affine if isinstance(pair, MetaTensor) else np.eye(4), dtype=float)
     arr = np.asarray(pair.detach().cpu())
@@ -83,6 +92,7 @@ def write_panoptic(
             "shape": list(arr.shape[1:]),
             "affine_ras": affine.tolist(),
             "instances": instances,
+            **({"source_identity": identity} if (identity := source_identity(getattr(pair, "meta", {}))) else {}),
             **(extra or {}),
         }
         tmp["json"].write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
@@ -208,7 +218,8 @@ def _read_stem(paths: dict[str, Path], label_set: LabelSet | None) -> tuple[Meta
         if label_set is None:
             raise InputError(paths["json"], "missing: pass label_set explicitly")
     data = np.concatenate([label[0], instance[0]]).astype(np.int32)
-    pair = make_meta_tensor(data, label[1], {"filename_or_obj": str(paths["label"])})
+    identity = _identity_beside(paths["json"])
+    pair = make_meta_tensor(data, label[1], {"filename_or_obj": str(paths["label"]), **identity})
     return _checked(pair, label_set, paths["label"])
 
 
@@ -228,6 +239,19 @@ def _label_set_beside(path: Path) -> LabelSet | None:
         return LabelSet.from_dict(document["label_set"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise InputError(json_path, f"not a medpanoptic panoptic JSON ({e})") from None
+
+
+def _identity_beside(json_path: Path) -> dict[str, str]:
+    """The source identity a result's JSON records (none for results written before it was recorded)."""
+    if not json_path.exists():
+        return {}
+    try:
+        recorded = json.loads(json_path.read_text(encoding="utf-8")).get("source_identity") or {}
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise InputError(json_path, f"not a medpanoptic panoptic JSON ({e})") from None
+    if not isinstance(recorded, dict):
+        raise InputError(json_path, "source_identity must be an object")
+    return source_identity(recorded)
 
 
 def _guess_label_set(label: np.ndarray, instance: np.ndarray | None, thing_classes: Iterable[int] | None = None) -> LabelSet:
