@@ -11,6 +11,7 @@ segmented series and maps segments back to (label, instance) through the label s
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 import pydicom
 from monai.data import MetaTensor
 from pydicom.sr.codedict import codes
-from pydicom.uid import RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 from ..errors import GeometryError, InputError
 from ..labels import Code, LabelSet
@@ -32,6 +33,8 @@ from .geometry import LPS_TO_RAS, SLICE_SPACING_TOLERANCE, affine_from_plane_sta
 from .nifti import nifti_order
 from .scan import make_meta_tensor, read_scan
 from .segments import class_of_segment, instance_from_name, pair_from_segments, segment_map
+
+log = logging.getLogger(__name__)
 
 SegmentationType = Literal["BINARY", "LABELMAP"]
 Overlap = Literal["error", "first", "largest"]
@@ -97,7 +100,7 @@ def write_dicom_seg(
             sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medpanoptic",
             manufacturer_model_name=algorithm_name, software_versions=__version__, device_serial_number="0",
             series_description=series_description, content_label="PANOPTIC",
-            transfer_syntax_uid=RLELossless if segmentation_type == "LABELMAP" else pydicom.uid.ExplicitVRLittleEndian,
+            transfer_syntax_uid=RLELossless if segmentation_type == "LABELMAP" else ExplicitVRLittleEndian,
             omit_empty_frames=segmentation_type == "BINARY",
         )
         path = Path(path)
@@ -212,18 +215,24 @@ def read_dicom_seg(
 
 
 def _open(path: Path) -> hd.seg.Segmentation:
+    """The SEG, after checking that its frames are planes in patient space (before highdicom indexes them)."""
     try:
-        seg = hd.seg.segread(path)
-    except Exception as e:  # highdicom and pydicom raise many types on damaged or invalid objects
+        ds = pydicom.dcmread(path, force=True)  # a bare dataset (no preamble, no file meta) is DICOM too
+    except Exception as e:  # pydicom raises many types on damaged files
         raise InputError(path, f"not a readable DICOM SEG ({e})") from None
-    system = seg.coordinate_system
-    if system == hd.CoordinateSystemNames.SLIDE:
+    if "TransferSyntaxUID" not in ds.file_meta:  # a bare dataset is little endian; its VR encoding was detected
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+    if "ImageOrientationSlide" in ds or "TotalPixelMatrixOriginSequence" in ds:
         raise InputError(path, "a slide-microscopy SEG: its frames are placed in slide coordinates, not in patient "
                                "space, and medpanoptic reads patient-space SEGs only")
-    if system is None or "FrameOfReferenceUID" not in seg:
+    first = (ds.get("PerFrameFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+    if "FrameOfReferenceUID" not in ds or _functional(ds, first, "PlanePositionSequence", "ImagePositionPatient") is None:
         raise InputError(path, "a SEG without patient-space planes (no FrameOfReferenceUID or plane positions, e.g. "
                                "on a CR or other projection image): it cannot be placed on a 3D grid")
-    return seg
+    try:
+        return hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except Exception as e:  # highdicom raises many types on invalid objects
+        raise InputError(path, f"not a valid DICOM SEG ({e})") from None
 
 
 def _functional(seg: pydicom.Dataset, frame: pydicom.Dataset, sequence: str, name: str):
@@ -293,7 +302,11 @@ def _referenced_slices(seg: pydicom.Dataset, path: Path) -> int:
 
 
 def _own_grid(seg: pydicom.Dataset, frames: _Frames, path: Path) -> _Grid:
-    """The grid the SEG itself records: only when it has a frame on every slice of its source series."""
+    """The grid the SEG itself records: only when it has a frame on every slice it references.
+
+    highdicom (and so medpanoptic) references every slice of the source series; dcmqi only
+    those it has frames on, so a dcmqi SEG read without its source covers those slices only.
+    """
     n = _referenced_slices(seg, path)
     normal = np.cross(frames.orientation[:3], frames.orientation[3:])
     depths = np.round(frames.positions @ normal, 3)
@@ -303,8 +316,13 @@ def _own_grid(seg: pydicom.Dataset, frames: _Frames, path: Path) -> _Grid:
         raise InputError(path, f"the SEG has frames on {len(planes)} of the {n} slices of the series it references "
                                "(empty frames omitted) and does not record where the others lie: pass the source "
                                "series (reference=..., or --source) to read it onto the full grid")
-    affine, _ = affine_from_plane_stack(planes, np.tile(frames.orientation, (n, 1)), frames.pixel_spacing, str(path),
-                                        single_slice_thickness=frames.slice_spacing)
+    try:
+        affine, _ = affine_from_plane_stack(planes, np.tile(frames.orientation, (n, 1)), frames.pixel_spacing, str(path),
+                                            single_slice_thickness=frames.slice_spacing)
+    except GeometryError as e:
+        raise InputError(path, f"the SEG's frames are not one complete stack ({e.problem}): the full grid cannot be "
+                               "known from the SEG; pass the source series (reference=..., or --source)") from None
+    log.info("%s: grid taken from the SEG itself (%d referenced slices, each with a frame)", path, n)
     step = float(np.linalg.norm(affine[:3, 2]))
     if n > 1 and frames.slice_spacing and abs(step - frames.slice_spacing) > SLICE_SPACING_TOLERANCE * step + 1e-3:
         raise GeometryError(path, f"SpacingBetweenSlices is {frames.slice_spacing:g} mm but the frames lie {step:g} mm apart")
