@@ -150,6 +150,8 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iou-threshold", type=float, default=0.5, help="matching threshold (below 0.5: Hungarian)")
     p.add_argument("--no-surface", action="store_true", help="skip HD95/ASSD per lesion")
     p.add_argument("--allow-missing", action="store_true", help="exit 0 even if some ground-truth cases have no prediction")
+    p.add_argument("--source", help="folder of source scans, <source>/<case>: DICOM SEGs are read onto their grid "
+                                    "(default: a predicted SEG goes onto the ground truth's grid)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -158,7 +160,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     label_set = LabelSet.load(args.labels) if args.labels else None
     report = evaluate_folders(args.pred, args.gt, label_set, args.void_label, args.iou_threshold,
-                              surface=not args.no_surface)
+                              surface=not args.no_surface, sources=args.source)
     paths = report.write(args.out)
     print(format_summary(report))
     print(f"wrote {', '.join(str(p) for p in paths)}")

@@ -188,6 +188,7 @@ class Segmenter:
     def __call__(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None,
                  case: str | None = None) -> PanopticResult:
         from .io.inputs import case_name
+        from .io.panoptic import source_identity
         from .transforms import source_grid_pair
 
         image = self.load(scan, series_uid)
@@ -195,6 +196,7 @@ class Segmenter:
         if data["pred"].shape[1:] != image.shape[1:]:
             raise InputError(image.meta.get("filename_or_obj"), "the inverted result is not on the scan's grid")
         values, scores, dropped = source_grid_pair(data, "pred", image.affine)
-        pair = MetaTensor(values, affine=image.affine.clone(), meta={"filename_or_obj": image.meta.get("filename_or_obj")})
+        pair = MetaTensor(values, affine=image.affine.clone(),
+                          meta={"filename_or_obj": image.meta.get("filename_or_obj"), **source_identity(image.meta)})
         name = case or case_name(image.meta.get("filename_or_obj", "case"))
         return PanopticResult(pair, self.label_set, scores, image, name, dropped_instances=len(dropped))

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from medpanoptic.errors import InputError
 from medpanoptic.io import read_panoptic, read_scan, write_dicom_series
 from medpanoptic.io.dicom_seg import write_dicom_seg
 from medpanoptic.io.export import export
@@ -125,7 +126,7 @@ def test_damaged_seg_is_caught_by_the_same_checks(dicom_case, tmp_path):
     run = subprocess.run(["segimage2itkimage", "--inputDICOM", str(tmp_path / "cut.dcm"), "--outputDirectory",
                           str(tmp_path), "-t", "nii", "--mergeSegments"], capture_output=True, text=True)
     assert run.returncode != 0
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="cut.dcm: not a (readable|valid) DICOM SEG|cut.dcm: the SEG's pixel data cannot be decoded"):
         read_panoptic(tmp_path / "cut.dcm", label_set=labels)
 
 

@@ -26,9 +26,11 @@ HEADER_TAGS = [
     "SeriesNumber", "Modality", "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient",
     "PixelSpacing", "SliceThickness", "SpacingBetweenSlices", "Rows", "Columns", "NumberOfFrames",
     "SamplesPerPixel", "InstanceNumber", "RescaleSlope", "RescaleIntercept", "BitsAllocated",
-    "PixelRepresentation", "BitsStored", "PhotometricInterpretation", "PixelData",
+    "PixelRepresentation", "BitsStored", "PhotometricInterpretation", "PatientID", "PixelData",
 ]
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
+"""Segmentation Storage and Label Map Segmentation Storage: results, never scans."""
 
 
 @dataclass
@@ -53,15 +55,33 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 def is_dicom_file(path: Path) -> bool:
-    """DICOM Part 10 files carry 'DICM' at byte 128; older files without it are known by their suffix."""
+    """DICOM by content: 'DICM' at byte 128 (Part 10), else a bare dataset that parses and has a SOP Class UID.
+
+    The suffix is only a hint (`.dcm` files are tried first as DICOM); dcmqi's `label.seg` and
+    PACS exports without a suffix are recognised by what they hold.
+    """
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
         with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
+            head = f.read(132)
     except OSError:
         return False
+    if head[128:132] == b"DICM":
+        return True
+    return _is_bare_dataset(path, head)
+
+
+def _is_bare_dataset(path: Path, head: bytes) -> bool:
+    """A dataset without preamble starts with a group 0002 or 0008 element; one that parses with a SOP Class UID is DICOM."""
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    try:
+        header = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # pydicom raises many types on bytes that are not DICOM
+        return False
+    uid = str(header.get("SOPClassUID", ""))
+    return bool(uid) and all(part.isdigit() for part in uid.split("."))
 
 
 def _read_header(path: Path) -> pydicom.Dataset:
@@ -101,7 +121,7 @@ def choose_series(folder: Path, series: dict[str, SeriesInfo], series_uid: str |
             listing = "\n  ".join(s.summary() for s in series.values()) or "(none)"
             raise InputError(folder, f"series {series_uid} is not in this folder; found:\n  {listing}")
         return series[series_uid]
-    images = {uid: s for uid, s in series.items() if any("Rows" in h for h in s.headers)}
+    images = {uid: s for uid, s in series.items() if any("Rows" in h and not _is_seg(h) for h in s.headers)}
     if not series:
         raise InputError(folder, "no DICOM files found")
     if not images:
@@ -151,6 +171,7 @@ def _source_meta(headers: Sequence[pydicom.Dataset], files: Sequence[Path], fmt:
         "study_instance_uid": str(first.get("StudyInstanceUID", "")),
         "series_instance_uid": str(first.get("SeriesInstanceUID", "")),
         "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
+        "patient_id": str(first.get("PatientID", "")),
         "sop_class_uid": str(first.get("SOPClassUID", "")),
         "modality": str(first.get("Modality", "")),
         "series_description": str(first.get("SeriesDescription", "")),
@@ -363,16 +384,29 @@ def read_enhanced(path: Path, header: pydicom.Dataset | None = None) -> DicomVol
     return DicomVolume(values.transpose(2, 1, 0), affine, meta)
 
 
+def _is_seg(header: pydicom.Dataset) -> bool:
+    return str(header.get("SOPClassUID", "")) in SEG_SOP_CLASSES
+
+
+def _refuse_seg(path: Path) -> None:
+    raise InputError(path, "a DICOM Segmentation (SEG) is a result, not a scan: read it with read_panoptic "
+                           "(label_set=..., reference=<the series it segments>)")
+
+
 def read_dicom(path: str | os.PathLike, series_uid: str | None = None) -> DicomVolume:
     """Read a DICOM folder (one series, or the one named) or a single DICOM file."""
     path = Path(path)
     if path.is_dir():
         series = scan_folder(path)
         info = choose_series(path, series, series_uid)
+        if any(_is_seg(h) for h in info.headers):
+            _refuse_seg(info.files[0])
         if len(info.files) == 1 and int(info.headers[0].get("NumberOfFrames", 1) or 1) > 1:
             return read_enhanced(info.files[0])
         return read_classic_series(info, path)
     header = _read_header(path)
+    if _is_seg(header):
+        _refuse_seg(path)
     if "Rows" not in header:
         raise InputError(path, f"not an image: a {header.get('Modality', 'non-image')} object without pixel data")
     if int(header.get("NumberOfFrames", 1) or 1) > 1:

@@ -8,8 +8,9 @@ from typing import Iterable
 
 from monai.data import MetaTensor
 
-from ..errors import InputError
+from ..errors import GeometryError, InputError
 from ..labels import LabelSet
+from .panoptic import source_identity
 
 FORMATS = ("dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "tiff")
 
@@ -25,7 +26,8 @@ def export(
     """Write the requested formats beside `stem`; returns every written path by name.
 
     `source` is the scan from `read_scan`: DICOM SEG needs it (to reference its slices), the
-    table uses its intensities.
+    table uses its intensities. A DICOM SEG is refused when the result records another
+    patient or frame of reference than the source's (`check_same_source`).
     """
     from ..report import instance_table, write_instance_table
     from .dicom_seg import write_dicom_seg
@@ -39,6 +41,8 @@ def export(
         raise InputError(None, f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
     if any(f.startswith("dicom-seg") for f in formats) and source is None:
         raise InputError(None, "DICOM SEG export needs the source DICOM scan (--source)")
+    if any(f.startswith("dicom-seg") for f in formats):
+        check_same_source(pair, source)
     written: dict[str, Path] = {}
     for fmt in formats:
         if fmt == "dicom-seg":
@@ -56,3 +60,17 @@ def export(
             paths = write_instance_table(instance_table(pair, label_set, image, scores), stem)
             written.update({f"table_{k}": v for k, v in paths.items()})
     return written
+
+
+def check_same_source(pair: MetaTensor, source: MetaTensor) -> None:
+    """Refuse a source scan of another patient or frame of reference than the one the result was made on.
+
+    Two series of one grid size can belong to different patients; a DICOM SEG written against
+    the wrong one would carry that patient's identity. Results that record no identity pass.
+    """
+    made_on, given = source_identity(pair.meta), source_identity(source.meta)
+    where = source.meta.get("filename_or_obj", "the source scan")
+    for key, what, error in (("patient_id", "patient", InputError), ("frame_of_reference_uid", "frame of reference", GeometryError)):
+        if key in made_on and key in given and made_on[key] != given[key]:
+            raise error(where, f"the result was made on {what} {made_on[key]!r}, this source belongs to {given[key]!r}: "
+                               "refusing to write a DICOM SEG against another series' patient")

@@ -29,6 +29,13 @@ from .scan import make_meta_tensor
 FORMAT_NAME = "medpanoptic.panoptic"
 FORMAT_VERSION = 1
 SUFFIXES = {"label": "_label.nii.gz", "instance": "_instance.nii.gz", "json": "_panoptic.json", "pair": "_pair.nii.gz"}
+IDENTITY_KEYS = ("patient_id", "study_instance_uid", "series_instance_uid", "frame_of_reference_uid")
+"""Who and where a result belongs to: copied from the source scan's meta, checked before a DICOM SEG is written."""
+
+
+def source_identity(meta: dict) -> dict[str, str]:
+    """The patient, study, series and frame of reference a scan's (or result's) meta records; empty ones left out."""
+    return {k: str(meta[k]) for k in IDENTITY_KEYS if meta.get(k)}
 
 
 def panoptic_paths(stem: str | os.PathLike) -> dict[str, Path]:
@@ -57,7 +64,9 @@ def write_panoptic(
 
     `pair` is a (2, *spatial) integer MetaTensor on the source grid (its affine is written as
     the NIfTI geometry). With `single_file`, the pair is also written as one two-component
-    NIfTI. `extra` goes into the JSON (e.g. the bundle and the source scan). Returns the paths.
+    NIfTI. The source's patient, study, series and frame of reference in the pair's meta (see
+    `IDENTITY_KEYS`) are recorded, so that an export against another patient's series is refused.
+    `extra` goes into the JSON (e.g. the bundle and the source scan). Returns the paths.
     """
     affine = np.asarray(pair.affine if isinstance(pair, MetaTensor) else np.eye(4), dtype=float)
     arr = np.asarray(pair.detach().cpu())
@@ -83,6 +92,7 @@ def write_panoptic(
             "shape": list(arr.shape[1:]),
             "affine_ras": affine.tolist(),
             "instances": instances,
+            **({"source_identity": identity} if (identity := source_identity(getattr(pair, "meta", {}))) else {}),
             **(extra or {}),
         }
         tmp["json"].write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
@@ -157,6 +167,10 @@ def read_panoptic(
     connectivity: int | None = None,
     instance_path: str | os.PathLike | None = None,
     segment_mapping: dict[str, int] | None = None,
+    *,
+    reference: MetaTensor | str | os.PathLike | None = None,
+    fractional_threshold: float | None = None,
+    overlap: str = "error",
 ) -> tuple[MetaTensor, LabelSet]:
     """Read a panoptic result back as (pair MetaTensor, LabelSet).
 
@@ -166,22 +180,31 @@ def read_panoptic(
     components of the thing classes (full connectivity unless `connectivity` says otherwise)
     — the Decathlon case. The thing classes come from `label_set` or `thing_classes`.
 
-    A DICOM SEG or a Slicer `.seg.nrrd` (ours, or made by dcmqi, Slicer, ...) is mapped to
-    (label, instance) through `label_set`: by `segment_mapping` (segment name -> class id),
-    else the coded segment type, else the segment name. Without a label set, the classes are
-    the ones the segments describe, with their codes (`segments.label_set_of_segments`).
+    A DICOM SEG (known by its content, whatever its name) or a Slicer `.seg.nrrd` (ours, or
+    made by dcmqi, Slicer, ...) is mapped to (label, instance) through `label_set`: by
+    `segment_mapping` (segment name -> class id, 0 for background), else the coded segment
+    type, else the segment name. Without a label set, the classes are the ones the segments
+    state, with their codes (`segments.label_set_of_segments`; refused when a segment does not
+    say whether it is stuff or thing). A DICOM SEG is read onto the full grid of the series it
+    segments: the `reference` scan's (its source series, or a `read_scan` result) when given,
+    else the grid the SEG records (refused, with the reason, when it omits empty frames).
+    `fractional_threshold` and `overlap` are for FRACTIONAL and overlapping SEGs (see
+    `read_dicom_seg`).
     """
     path = Path(path)
-    if path.name.endswith(".seg.nrrd") or (path.suffix.lower() in (".dcm", "") and path.is_file()):
+    if path.name.endswith(".seg.nrrd") or path.is_file():
         from .dicom_seg import dicom_seg_label_set, is_dicom_seg, read_dicom_seg
         from .seg_nrrd import read_seg_nrrd, seg_nrrd_label_set
 
-        if path.name.endswith(".seg.nrrd") or is_dicom_seg(path):
-            nrrd = path.name.endswith(".seg.nrrd")
-            if label_set is None:  # the classes (names, codes, colours) the file's segments describe
+        nrrd = path.name.endswith(".seg.nrrd")
+        if nrrd or is_dicom_seg(path):
+            if label_set is None:  # the classes (names, codes, colours) the file's segments state
                 label_set = seg_nrrd_label_set(path) if nrrd else dicom_seg_label_set(path)
-            reader = read_seg_nrrd if nrrd else read_dicom_seg
-            return _checked(reader(path, label_set, segment_mapping), label_set, path)
+            if nrrd:
+                return _checked(read_seg_nrrd(path, label_set, segment_mapping), label_set, path)
+            pair = read_dicom_seg(path, label_set, segment_mapping, reference=reference,
+                                  fractional_threshold=fractional_threshold, overlap=overlap)
+            return _checked(pair, label_set, path)
     for key, suffix in SUFFIXES.items():
         if path.name.endswith(suffix) and key != "pair":
             path = Path(str(path)[: -len(suffix)])
@@ -225,7 +248,8 @@ def _read_stem(paths: dict[str, Path], label_set: LabelSet | None) -> tuple[Meta
         if label_set is None:
             raise InputError(paths["json"], "missing: pass label_set explicitly")
     data = np.concatenate([label[0], instance[0]]).astype(np.int32)
-    pair = make_meta_tensor(data, label[1], {"filename_or_obj": str(paths["label"])})
+    identity = _identity_beside(paths["json"])
+    pair = make_meta_tensor(data, label[1], {"filename_or_obj": str(paths["label"]), **identity})
     return _checked(pair, label_set, paths["label"])
 
 
@@ -245,6 +269,19 @@ def _label_set_beside(path: Path) -> LabelSet | None:
         return LabelSet.from_dict(document["label_set"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise InputError(json_path, f"not a medpanoptic panoptic JSON ({e})") from None
+
+
+def _identity_beside(json_path: Path) -> dict[str, str]:
+    """The source identity a result's JSON records (none for results written before it was recorded)."""
+    if not json_path.exists():
+        return {}
+    try:
+        recorded = json.loads(json_path.read_text(encoding="utf-8")).get("source_identity") or {}
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise InputError(json_path, f"not a medpanoptic panoptic JSON ({e})") from None
+    if not isinstance(recorded, dict):
+        raise InputError(json_path, "source_identity must be an object")
+    return source_identity(recorded)
 
 
 def _guess_label_set(label: np.ndarray, instance: np.ndarray | None, thing_classes: Iterable[int] | None = None) -> LabelSet:

@@ -2,8 +2,11 @@
 
 Cases are paired by name. A folder may hold panoptic results (`<case>_label.nii.gz` with its
 instance map and JSON), two-component pair files (`<case>_pair.nii.gz`), plain label maps
-(`<case>.nii.gz`, instances from connected components of the thing classes), or be a
-Decathlon-layout dataset (`labelsTr/` with `instancesTr/` beside it).
+(`<case>.nii.gz`, instances from connected components of the thing classes), DICOM SEGs
+(`<case>_seg.dcm`, `<case>.dcm`, `<case>.seg` or any name, known by content), or be a
+Decathlon-layout dataset (`labelsTr/` with `instancesTr/` beside it). A DICOM SEG is read
+onto the grid of its source series (`sources/<case>`) when given, else onto the grid of the
+other side of the comparison.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .lesions import LesionEvaluation, lesion_metrics
 from .quality import PanopticQuality, mean_over_images, panoptic_quality
 
 MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+SEG_SUFFIXES = ("_seg_labelmap.dcm", "_seg.dcm", ".dcm", ".seg")
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,22 @@ def find_cases(folder: str | os.PathLike) -> dict[str, CaseFiles]:
     for name, p in _maps(folder).items():
         if not any(name.endswith(s[: -len(".nii.gz")]) for s in (SUFFIXES["label"], SUFFIXES["instance"], SUFFIXES["pair"])):
             cases.setdefault(name, CaseFiles(p))
+    for name, p in _segs(folder).items():
+        cases.setdefault(name, CaseFiles(p))
     return cases
+
+
+def _segs(folder: Path) -> dict[str, Path]:
+    """Case name -> DICOM SEG file, whatever the file is called."""
+    from ..io.dicom_seg import is_dicom_seg
+
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.name.endswith(MAP_SUFFIXES) or not is_dicom_seg(p):
+            continue
+        name = next((p.name[: -len(s)] for s in SEG_SUFFIXES if p.name.endswith(s)), p.name)
+        out[name] = p
+    return out
 
 
 def _maps(folder: Path) -> dict[str, Path]:
@@ -68,8 +87,9 @@ def _maps(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _read(case: CaseFiles, label_set: LabelSet | None):
-    return read_panoptic(case.path, label_set=label_set, instance_path=case.instance)
+def _read(case: CaseFiles, label_set: LabelSet | None, reference=None):
+    """A case's pair; `reference` (a scan, a path or the other side's pair) gives a DICOM SEG its full grid."""
+    return read_panoptic(case.path, label_set=label_set, instance_path=case.instance, reference=reference)
 
 
 @dataclass
@@ -139,8 +159,14 @@ def evaluate_folders(
     surface: bool = True,
     progress: bool = True,
     cases: Iterable[str] | None = None,
+    sources: str | os.PathLike | None = None,
 ) -> EvaluationReport:
-    """Evaluate every case present in both folders (or only `cases`); cases that fail to read become error rows."""
+    """Evaluate every case present in both folders (or only `cases`); cases that fail to read become error rows.
+
+    `sources` is a folder of the source scans, `<sources>/<case>` (a DICOM series folder or file):
+    DICOM SEGs, which omit their empty frames, are read onto that scan's grid. Without it a
+    predicted SEG is read onto the ground truth's grid.
+    """
     from tqdm import tqdm
 
     predictions, truths = find_cases(pred_dir), find_cases(gt_dir)
@@ -160,9 +186,10 @@ def evaluate_folders(
     total_quality = total_lesions = None
     for name in tqdm(common, desc="evaluating", unit="case", disable=not progress or None):
         try:
-            gt, labels = _read(truths[name], label_set)
+            source = Path(sources) / name if sources is not None and (Path(sources) / name).exists() else None
+            gt, labels = _read(truths[name], label_set, source)
             label_set = label_set or labels
-            pred, _ = _read(predictions[name], label_set)
+            pred, _ = _read(predictions[name], label_set, source if source is not None else gt)
             if pred.shape != gt.shape or not np.allclose(pred.affine.numpy(), gt.affine.numpy(), atol=1e-3):
                 raise GeometryError(predictions[name].path, f"prediction grid {tuple(pred.shape[1:])} does not match the ground truth's {tuple(gt.shape[1:])} (or its affine differs)")
             spacing = spacing_from_affine(gt.affine.numpy(), gt.ndim - 1)
