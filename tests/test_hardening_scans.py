@@ -166,6 +166,7 @@ def test_nifti_without_qform_or_sform_is_refused_or_guessed_with_a_warning(tmp_p
         ("zero.mha", "ElementSpacing = 0 0.9 2\nElementDataFile = LOCAL\n", r"ElementSpacing is \[0, 0.9, 2\]"),
         ("neg.mha", "ElementSpacing = -0.8 0.9 2\nElementDataFile = LOCAL\n", r"ElementSpacing is \[-0.8, 0.9, 2\]"),
     ],
+    ids=["nrrd-zero", "nrrd-negative", "nrrd-nan", "nrrd-zero-direction", "mha-zero", "mha-negative"],
 )
 def test_itk_bad_spacing_is_refused(tmp_path, name, fields, message):
     path = text_image(tmp_path / name, fields)
@@ -173,7 +174,8 @@ def test_itk_bad_spacing_is_refused(tmp_path, name, fields, message):
         read_scan(path)
 
 
-@pytest.mark.parametrize("name, fields", [("bare.nrrd", "encoding: raw\n"), ("bare.mha", "ElementDataFile = LOCAL\n")])
+@pytest.mark.parametrize("name, fields", [("bare.nrrd", "encoding: raw\n"), ("bare.mha", "ElementDataFile = LOCAL\n")],
+                         ids=["nrrd", "mha"])
 def test_itk_missing_spacing_is_refused_or_guessed_with_a_warning(tmp_path, caplog, name, fields):
     path = text_image(tmp_path / name, fields)
     with pytest.raises(GeometryError, match=f"{name}: the header gives no voxel size .*ITK would guess 1 mm"):
@@ -292,7 +294,7 @@ def test_dicom_much_smaller_than_declared_is_truncated(series, tmp_path):
 @pytest.mark.parametrize("name, fields, payload", [
     ("huge.nrrd", "encoding: raw\nspacings: 1 1 1\n", b"\0" * 100),
     ("huge.mha", "ElementSpacing = 1 1 1\nElementDataFile = LOCAL\n", b"\0" * 100),
-])
+], ids=["nrrd", "mha"])
 def test_declared_huge_itk_image_is_refused(tmp_path, name, fields, payload):
     path = text_image(tmp_path / name, fields, payload, size="30000 30000 30000")
     with pytest.raises(InputError, match=f"{name}: the header declares 30000 x 30000 x 30000 voxels, which would need 98.2 TiB"):
@@ -304,7 +306,7 @@ def test_declared_huge_itk_image_is_refused(tmp_path, name, fields, payload):
     ("cut.mha", "ElementSpacing = 1 1 1\nElementDataFile = LOCAL\n", b"\0" * 100),
     ("cutz.nrrd", "encoding: gzip\nspacings: 1 1 1\n", gzip.compress(b"\0" * 100)),
     ("cutz.mha", "ElementSpacing = 1 1 1\nCompressedData = True\nElementDataFile = LOCAL\n", zlib.compress(b"\0" * 100)),
-])
+], ids=["nrrd-raw", "mha-raw", "nrrd-gzip", "mha-zlib"])
 def test_truncated_itk_image_gets_its_own_reason(tmp_path, name, fields, payload):
     """Raw or compressed: a compressed MetaImage one short was read as zeros by ITK before."""
     path = text_image(tmp_path / name, fields, payload, size="40 30 20")
@@ -422,3 +424,63 @@ def test_phantom_ct_slice_passes_dciodvfy(series):
     assert errors == []
     ds = pydicom.dcmread(series / "slice_0002.dcm")
     assert ds.PatientPosition == "HFS" and ds.BodyPartExamined == "ABDOMEN"
+
+
+# -- every refusal through `medpanoptic info` -----------------------------------------------
+def _bad_files(series, tmp_path):
+    """One real file or folder per refusal above, keyed by what is wrong with it."""
+    cut = open(pydicom.data.get_testdata_file("MR_small_jp2klossless.dcm"), "rb").read()
+    (tmp_path / "cut_j2k.dcm").write_bytes(cut[: len(cut) * 2 // 3])
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "garbage.dcm").write_bytes(np.random.default_rng(0).bytes(3000))
+    return {
+        "zero spacing": edited_series(series, tmp_path / "zero_spacing", lambda k, ds: setattr(ds, "PixelSpacing", ["0", "0.9"])),
+        "negative spacing": edited_series(series, tmp_path / "neg_spacing", lambda k, ds: setattr(ds, "PixelSpacing", ["-1", "0.9"])),
+        "slope 0": edited_series(series, tmp_path / "slope0", lambda k, ds: setattr(ds, "RescaleSlope", "0")),
+        "65535 rows": _huge_slice(series, tmp_path / "wide.dcm", 65535, 65535),
+        "truncated dicom": _huge_slice(series, tmp_path / "short.dcm", 2000, 2000),
+        "empty": tmp_path / "empty.dcm",
+        "garbage": tmp_path / "garbage.dcm",
+        "truncated j2k": tmp_path / "cut_j2k.dcm",
+        "pixdim 0": raw_nifti(tmp_path / "pix0.nii", VOXELS, pixdim2=0.0),
+        "no qform/sform": raw_nifti(tmp_path / "nowhere.nii.gz", VOXELS, qform_code=0, sform_code=0),
+        "nifti bomb": raw_nifti(tmp_path / "bomb.nii.gz", VOXELS, shape=(30000, 30000, 30000), payload=b"\0" * 1000),
+        "truncated nifti": raw_nifti(tmp_path / "cut.nii.gz", VOXELS, shape=(100, 100, 100), payload=b"\0" * 1000),
+        "rgb 3d nifti": raw_nifti(tmp_path / "rgb3d.nii", np.zeros((4, 5, 3), RGB24)),
+        "nrrd without spacing": text_image(tmp_path / "bare.nrrd", "encoding: raw\n"),
+        "mha zero spacing": text_image(tmp_path / "zero.mha", "ElementSpacing = 0 1 1\nElementDataFile = LOCAL\n"),
+        "truncated zlib mha": text_image(tmp_path / "cutz.mha", "ElementSpacing = 1 1 1\nCompressedData = True\n"
+                                         "ElementDataFile = LOCAL\n", zlib.compress(b"\0" * 100), size="40 30 20"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_files(series, tmp_path_factory):
+    return _bad_files(series, tmp_path_factory.mktemp("bad"))
+
+
+BAD_CASES = ["zero spacing", "negative spacing", "slope 0", "65535 rows", "truncated dicom", "empty", "garbage",
+             "truncated j2k", "pixdim 0", "no qform/sform", "nifti bomb", "truncated nifti", "rgb 3d nifti",
+             "nrrd without spacing", "mha zero spacing", "truncated zlib mha"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_info_refuses_in_one_line_naming_the_file(bad_files, capsys, case):
+    from medpanoptic.cli import main
+
+    path = bad_files[case]
+    code = main(["info", str(path)])
+    err = capsys.readouterr().err
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medpanoptic: error: ") and path.name in lines[0], err
+
+
+@pytest.mark.parametrize("case", ["truncated j2k", "garbage", "pixdim 0", "truncated zlib mha"])
+def test_info_process_prints_one_error_line(bad_files, case):
+    """As a user runs it: no library warning or traceback besides our one line."""
+    path = bad_files[case]
+    out = subprocess.run([sys.executable, "-m", "medpanoptic", "info", str(path)], capture_output=True, text=True)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medpanoptic: error: ") and path.name in lines[0], out.stderr
