@@ -7,10 +7,13 @@ exactly those files in exactly that order, so every transfer syntax GDCM knows i
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pydicom
@@ -19,7 +22,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..errors import GeometryError, InputError
-from .geometry import affine_from_plane_stack
+from .geometry import affine_from_plane_stack, check_spacing
+from .limits import check_scan_size, truncated
 
 HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription",
@@ -31,6 +35,25 @@ HEADER_TAGS = [
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 """Segmentation Storage and Label Map Segmentation Storage: results, never scans."""
+IDENTIFYING_TAGS = ("SOPClassUID", "Modality", "Rows", "StudyInstanceUID", "SeriesInstanceUID")
+"""A file without the 'DICM' preamble counts as DICOM only if pydicom finds one of these in it."""
+
+NON_IMAGE_OBJECTS = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a DICOM Segmentation (a result, not a scan): read it with read_panoptic",
+    "1.2.840.10008.5.1.4.1.1.66.7": "a DICOM Label Map Segmentation (a result, not a scan): read it with read_panoptic",
+    "1.2.840.10008.5.1.4.1.1.66.5": "a DICOM Surface Segmentation (a result, not a scan)",
+    "1.2.840.10008.5.1.4.1.1.481.3": "an RT Structure Set (RTSTRUCT contours, not a scan)",
+    "1.2.840.10008.5.1.4.1.1.88.": "a DICOM Structured Report (SR, not a scan)",
+    "1.2.840.10008.5.1.4.1.1.11.": "a DICOM Presentation State (PR, display settings, not a scan)",
+}
+"""SOP classes (or class prefixes) that may carry Rows or pixels but are not scans, and what each one is."""
+
+NON_IMAGE_MODALITIES = {"SEG": "a DICOM Segmentation (a result, not a scan): read it with read_panoptic",
+                        "RTSTRUCT": "an RT Structure Set (RTSTRUCT contours, not a scan)",
+                        "SR": "a DICOM Structured Report (SR, not a scan)", "PR": "a DICOM Presentation State (PR, not a scan)",
+                        "KO": "a DICOM Key Object Selection (KO, not a scan)"}
+
+logger = logging.getLogger("medpanoptic")
 
 
 @dataclass
@@ -46,6 +69,19 @@ class SeriesInfo:
     @property
     def n_files(self) -> int:
         return len(self.files)
+
+    @property
+    def is_image(self) -> bool:
+        """True when at least one file of the series holds a scan's pixels."""
+        return any(is_image_header(h) for h in self.headers)
+
+    def images_only(self) -> SeriesInfo:
+        """The same series without its non-image objects (a SEG or SR that shares the series UID)."""
+        kept = [(f, h) for f, h in zip(self.files, self.headers) if is_image_header(h)]
+        for f, h in zip(self.files, self.headers):
+            if not is_image_header(h):
+                logger.info("%s: ignored inside series %s: %s", f, self.series_uid, non_image_kind(h))
+        return SeriesInfo(self.series_uid, self.description, self.modality, [f for f, _ in kept], [h for _, h in kept])
 
     def summary(self) -> str:
         return f"{self.series_uid}  {self.modality or '?':<4} {self.n_files:>4} file(s)  {self.description!r}"
@@ -84,12 +120,79 @@ def _is_bare_dataset(path: Path, head: bytes) -> bool:
     return bool(uid) and all(part.isdigit() for part in uid.split("."))
 
 
-def _read_header(path: Path) -> pydicom.Dataset:
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom warns (and logs) about damaged files; our own error names the damage instead."""
+    pydicom_logger = logging.getLogger("pydicom")
+    was_disabled = pydicom_logger.disabled
+    pydicom_logger.disabled = True
     try:
-        # PixelData is listed but deferred: its value is never read here, only its offset kept
-        return pydicom.dcmread(path, specific_tags=HEADER_TAGS, defer_size=1024, force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError) as e:
-        raise InputError(path, f"not a readable DICOM file ({e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_logger.disabled = was_disabled
+
+
+def _has_preamble(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(128)
+        return f.read(4) == b"DICM"
+
+
+def _syntax_name(ds: pydicom.Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return syntax.name if syntax is not None else "unknown transfer syntax"
+
+
+def _read_header(path: Path) -> pydicom.Dataset:
+    """The header tags of one file, or an error saying what the file is instead: empty, not DICOM, damaged."""
+    if path.stat().st_size == 0:
+        raise InputError(path, "the file is empty")
+    try:
+        with _quiet_pydicom():
+            # PixelData is listed but deferred: its value is never read here, only its offset kept
+            header = pydicom.dcmread(path, specific_tags=HEADER_TAGS, defer_size=1024, force=True)
+    except Exception as e:  # pydicom raises many types on damaged or foreign files
+        raise InputError(path, f"this is not a readable DICOM file ({type(e).__name__}: {e})") from None
+    preamble = _has_preamble(path)
+    if len(header) == 0 and preamble:
+        _refuse_damaged_dataset(path, header)
+    if not preamble and not any(tag in header for tag in IDENTIFYING_TAGS):
+        raise InputError(path, "this is not a DICOM file (no 'DICM' preamble and no DICOM attributes)")
+    return header
+
+
+def _refuse_damaged_dataset(path: Path, header: pydicom.Dataset) -> None:
+    """A Part 10 file whose dataset pydicom drops as a whole: the pixel data ends early or is broken."""
+    with _quiet_pydicom():
+        try:
+            before_pixels = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:  # pydicom raises many types on damaged files
+            before_pixels = pydicom.Dataset()
+    if len(before_pixels):
+        raise InputError(path, f"cannot decode its pixel data (truncated or corrupt {_syntax_name(header)})")
+    raise InputError(path, "a DICOM file without a readable dataset (truncated or corrupt)")
+
+
+def non_image_kind(h: pydicom.Dataset) -> str | None:
+    """What a non-image object is (a SEG, SR, RTSTRUCT, PR...), or None for an image."""
+    sop_class = str(h.get("SOPClassUID", ""))
+    for uid, kind in NON_IMAGE_OBJECTS.items():
+        if sop_class == uid or (uid.endswith(".") and sop_class.startswith(uid)):
+            return kind
+    modality = str(h.get("Modality", ""))
+    if modality in NON_IMAGE_MODALITIES:
+        return NON_IMAGE_MODALITIES[modality]
+    if "Rows" not in h:
+        return f"a {modality or 'non-image'} object without pixel data, not a scan"
+    return None
+
+
+def is_image_header(h: pydicom.Dataset) -> bool:
+    """True for a file that holds a scan's pixels (not a SEG, SR, RTSTRUCT, PR or other non-image object)."""
+    return non_image_kind(h) is None
 
 
 def scan_folder(folder: str | os.PathLike) -> dict[str, SeriesInfo]:
@@ -121,7 +224,7 @@ def choose_series(folder: Path, series: dict[str, SeriesInfo], series_uid: str |
             listing = "\n  ".join(s.summary() for s in series.values()) or "(none)"
             raise InputError(folder, f"series {series_uid} is not in this folder; found:\n  {listing}")
         return series[series_uid]
-    images = {uid: s for uid, s in series.items() if any("Rows" in h and not _is_seg(h) for h in s.headers)}
+    images = {uid: s for uid, s in series.items() if s.is_image}
     if not series:
         raise InputError(folder, "no DICOM files found")
     if not images:
@@ -144,23 +247,62 @@ class DicomVolume:
     meta: dict
 
 
-def decimals(h: pydicom.Dataset, keyword: str) -> list[float]:
+def decimals(h: pydicom.Dataset, keyword: str, source: Path | None = None) -> list[float]:
     """A DS attribute as floats, parsed straight from the raw bytes when pydicom has not converted it.
 
     pydicom's DS objects validate each value on creation; over a few thousand slices that is
     most of the header-reading time, and the geometry needs only the numbers.
     """
-    element = h.get_item(keyword)
-    value = element.value
-    if isinstance(value, (bytes, bytearray)):
-        return [float(v) for v in value.split(b"\\") if v.strip(b" \x00")]
-    return [float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value])]
+    value = h.get_item(keyword).value
+    try:
+        if isinstance(value, (bytes, bytearray)):
+            return [float(v) for v in value.split(b"\\") if v.strip(b" \x00")]
+        return [float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value])]
+    except (TypeError, ValueError):
+        raise InputError(source, f"{keyword} is not a list of numbers: {value!r}") from None
 
 
-def _pixel_spacing(h: pydicom.Dataset, source: Path) -> list[float]:
+def _pixel_spacing(h: pydicom.Dataset, source: Path, where: str = "") -> list[float]:
+    """PixelSpacing (row, column) in mm, refused unless both values are finite and positive."""
     if "PixelSpacing" not in h:
-        raise GeometryError(source, "no PixelSpacing: the pixel size in the patient is unknown")
-    return decimals(h, "PixelSpacing")
+        raise GeometryError(source, f"no PixelSpacing{where}: the pixel size in the patient is unknown")
+    values = decimals(h, "PixelSpacing", source)
+    if len(values) != 2:
+        raise GeometryError(source, f"PixelSpacing{where} has {len(values)} value(s), needs 2 (row and column spacing)")
+    return check_spacing(values, os.fspath(source), f"PixelSpacing{where}")
+
+
+def _slice_thickness(h: pydicom.Dataset, source: Path, where: str = "") -> float | None:
+    """SpacingBetweenSlices, else SliceThickness: the third axis of a single slice (None when neither is given)."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        if keyword in h and h[keyword].value not in (None, "", b""):
+            values = decimals(h, keyword, source)
+            if values:
+                return check_spacing(values[:1], os.fspath(source), f"{keyword}{where}")[0]
+    return None
+
+
+def _rescale_tag(h: pydicom.Dataset, keyword: str, default: float, source: Path, where: str = "") -> float:
+    """RescaleSlope or RescaleIntercept (absent or empty: the default), refused when not finite, or a zero slope."""
+    if keyword not in h or h[keyword].value in (None, "", b""):
+        return default
+    values = decimals(h, keyword, source)
+    value = values[0] if values else default
+    if not np.isfinite(value):
+        raise InputError(source, f"{keyword}{where} is {value:g}: the voxel values would not be finite")
+    if keyword == "RescaleSlope" and value == 0:
+        raise InputError(source, f"RescaleSlope{where} is 0: every voxel would have the same value")
+    return value
+
+
+def _check_samples(h: pydicom.Dataset, source: Path) -> None:
+    samples = int(h.get("SamplesPerPixel", 1) or 1)
+    if samples != 1:
+        photometric = str(h.get("PhotometricInterpretation", "")) or "colour"
+        raise InputError(
+            source, f"SamplesPerPixel is {samples} ({photometric}): a colour DICOM image; "
+            "only greyscale (SamplesPerPixel 1) DICOM scans are supported"
+        )
 
 
 def _source_meta(headers: Sequence[pydicom.Dataset], files: Sequence[Path], fmt: str) -> dict:
@@ -179,34 +321,42 @@ def _source_meta(headers: Sequence[pydicom.Dataset], files: Sequence[Path], fmt:
     }
 
 
-def read_classic_series(info: SeriesInfo, source: Path) -> DicomVolume:
-    """A validated volume from single-frame image files of one series."""
+def read_classic_series(info: SeriesInfo, source: Path, max_bytes: int | None = None) -> DicomVolume:
+    """A validated volume from single-frame image files of one series (non-image objects in it are ignored)."""
+    info = info.images_only()
+    if not info.files:
+        raise InputError(source, f"series {info.series_uid} holds no scan, only non-image objects")
     headers, files = info.headers, info.files
     for h, f in zip(headers, files):
-        if "Rows" not in h:
-            raise InputError(f, f"no image in this file (a {h.get('Modality', 'non-image')} object) inside series {info.series_uid}")
         if not _has_geometry(h):
             raise GeometryError(f, "no ImagePositionPatient/ImageOrientationPatient/PixelSpacing: not a 3D-placeable slice")
         if int(h.get("NumberOfFrames", 1) or 1) > 1:
             raise InputError(f, "a multi-frame file inside a single-frame series; read that file on its own")
+        _check_samples(h, f)
     shapes = {(int(h.Rows), int(h.Columns)) for h in headers}
     if len(shapes) > 1:
         raise InputError(source, f"slices of different sizes in one series: {sorted(shapes)}")
-    spacings = {tuple(round(v, 4) for v in _pixel_spacing(h, source)) for h in headers}
+    rows, cols = shapes.pop()
+    check_scan_size(source, (cols, rows, len(files)), max_bytes=max_bytes)
+    spacings = {tuple(round(v, 4) for v in _pixel_spacing(h, f)) for h, f in zip(headers, files)}
     if len(spacings) > 1:
         raise GeometryError(source, f"slices with different PixelSpacing in one series: {sorted(spacings)}")
-    positions = np.array([decimals(h, "ImagePositionPatient") for h in headers])
-    orientations = np.array([decimals(h, "ImageOrientationPatient") for h in headers])
-    thickness = headers[0].get("SpacingBetweenSlices") or headers[0].get("SliceThickness")
+    positions = np.array([decimals(h, "ImagePositionPatient", f) for h, f in zip(headers, files)])
+    orientations = np.array([decimals(h, "ImageOrientationPatient", f) for h, f in zip(headers, files)])
+    if positions.shape != (len(files), 3) or orientations.shape != (len(files), 6) or not (
+            np.isfinite(positions).all() and np.isfinite(orientations).all()):
+        raise GeometryError(source, "ImagePositionPatient needs 3 and ImageOrientationPatient 6 finite numbers in every slice")
     affine, order = affine_from_plane_stack(
-        positions, orientations, _pixel_spacing(headers[0], source), source,
-        single_slice_thickness=float(thickness) if thickness else None,
+        positions, orientations, _pixel_spacing(headers[0], files[0]), source,
+        single_slice_thickness=_slice_thickness(headers[0], files[0]) if len(files) == 1 else None,
     )
     files = [files[i] for i in order]
     headers = [headers[i] for i in order]
+    slopes = np.array([_rescale_tag(h, "RescaleSlope", 1.0, f) for h, f in zip(headers, files)])
+    intercepts = np.array([_rescale_tag(h, "RescaleIntercept", 0.0, f) for h, f in zip(headers, files)])
     layouts = [_native_layout(h) for h in headers]
     if all(layouts) and len({dtype for _, dtype, _ in layouts}) == 1:
-        array = _read_native_series(files, headers, layouts)
+        array = _read_native_series(files, headers, layouts, slopes, intercepts)
     else:
         array = _decode_series(files, source)
     meta = _source_meta(headers, files, "dicom")
@@ -232,7 +382,8 @@ def _native_layout(h: pydicom.Dataset) -> tuple[int, np.dtype, int] | None:
     return int(offset), dtype, (1 << stored) - 1 if stored < allocated else 0
 
 
-def _read_native_series(files: Sequence[Path], headers: Sequence[pydicom.Dataset], layouts) -> np.ndarray:
+def _read_native_series(files: Sequence[Path], headers: Sequence[pydicom.Dataset], layouts,
+                        slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
     """Voxels (i, j, k) of uncompressed slices, read straight from their byte offsets, rescaled.
 
     One read per file into a preallocated volume: no decoder, no second header parse.
@@ -244,13 +395,10 @@ def _read_native_series(files: Sequence[Path], headers: Sequence[pydicom.Dataset
     for k, (f, (offset, _, mask)) in enumerate(zip(files, layouts)):
         plane = np.fromfile(f, dtype=dtype, count=count, offset=offset)
         if plane.size < count:
-            raise InputError(f, f"truncated file: the pixel data needs {count * dtype.itemsize} bytes, "
-                                f"{plane.size * dtype.itemsize} are present")
+            raise truncated(f, count * dtype.itemsize, plane.size * dtype.itemsize)
         stored[k] = plane.reshape(rows, cols)
         if mask:
             stored[k] &= mask
-    slopes = np.array([float(h.get("RescaleSlope", 1) or 1) for h in headers])
-    intercepts = np.array([float(h.get("RescaleIntercept", 0) or 0) for h in headers])
     return _rescale(stored, slopes, intercepts).transpose(2, 1, 0)
 
 
@@ -261,7 +409,7 @@ def _rescale(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> 
             return stored
         low = float(stored.min()) + intercepts.min()
         high = float(stored.max()) + intercepts.max()
-        for dtype in (np.int16, np.int32):
+        for dtype in (np.int16, np.int32, np.int64):
             if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
                 break
         out = stored.astype(dtype, copy=stored.dtype != dtype)
@@ -270,7 +418,8 @@ def _rescale(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> 
         else:
             out += intercepts.astype(dtype)[:, None, None]
         return out
-    return stored.astype(np.float32) * slopes.astype(np.float32)[:, None, None] + intercepts.astype(np.float32)[:, None, None]
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf is refused by read_scan, by name
+        return stored.astype(np.float32) * slopes.astype(np.float32)[:, None, None] + intercepts.astype(np.float32)[:, None, None]
 
 
 def _decode_series(files: Sequence[Path], source: Path) -> np.ndarray:
@@ -288,25 +437,32 @@ def _decode_series(files: Sequence[Path], source: Path) -> np.ndarray:
     return voxels.transpose(2, 1, 0)
 
 
+def _decode_error(path: Path, ds: pydicom.Dataset, error: Exception) -> InputError:
+    return InputError(path, f"cannot decode its pixel data (truncated or corrupt {_syntax_name(ds)}: {error})")
+
+
 def _diagnose_pixels(files: Sequence[Path]) -> None:
     """Find the file whose pixel data is missing or truncated, and name it."""
     for f in files:
         try:
-            ds = pydicom.dcmread(f)
+            with _quiet_pydicom():
+                ds = pydicom.dcmread(f)
         except Exception as e:  # pydicom raises many types on damaged files
             raise InputError(f, f"damaged DICOM file ({e})") from None
         if "PixelData" not in ds:
             raise InputError(f, "the file has no pixel data")
         try:
-            ds.pixel_array
-        except Exception as e:
-            raise InputError(f, f"pixel data cannot be decoded, the file may be truncated ({e})") from None
+            with _quiet_pydicom():
+                ds.pixel_array
+        except Exception as e:  # decoders raise many types on damaged data
+            raise _decode_error(f, ds, e) from None
 
 
 def check_complete(path: Path) -> None:
     """Refuse a file without pixel data, or whose uncompressed pixel data is shorter than its header promises."""
     try:
-        ds = pydicom.dcmread(path, force=True)
+        with _quiet_pydicom():
+            ds = pydicom.dcmread(path, force=True)
     except Exception as e:  # pydicom raises many types on damaged files
         raise InputError(path, f"damaged DICOM file ({e})") from None
     if "PixelData" not in ds:
@@ -317,57 +473,82 @@ def check_complete(path: Path) -> None:
         expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
         present = len(ds.PixelData)
         if present < expected:
-            raise InputError(path, f"truncated file: the pixel data needs {expected} bytes, {present} are present")
+            raise truncated(path, expected, present)
 
 
-def read_enhanced(path: Path, header: pydicom.Dataset | None = None) -> DicomVolume:
+def _frame_attr(frame: pydicom.Dataset, shared: pydicom.Dataset, sequence: str, name: str):
+    """An attribute of a frame's functional group, falling back to the shared group (None when in neither)."""
+    for group in (frame, shared):
+        if sequence in group and len(group[sequence].value) and name in group[sequence][0]:
+            return group[sequence][0][name].value
+    return None
+
+
+def _frame_number(frame: pydicom.Dataset, shared: pydicom.Dataset, sequence: str, name: str, default: float,
+                  path: Path, where: str) -> float:
+    value = _frame_attr(frame, shared, sequence, name)
+    holder = pydicom.Dataset()
+    if value is not None and value != "":
+        setattr(holder, name, value)
+    return _rescale_tag(holder, name, default, path, where)
+
+
+def read_enhanced(path: Path, header: pydicom.Dataset | None = None, max_bytes: int | None = None) -> DicomVolume:
     """A validated volume from an Enhanced (multi-frame) image file, frames ordered along the normal."""
+    header = header if header is not None else _read_header(path)
+    _check_samples(header, path)
+    n = int(header.get("NumberOfFrames", 1) or 1)
+    check_scan_size(path, (int(header.Columns), int(header.Rows), n), max_bytes=max_bytes)
     try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:
+        with _quiet_pydicom():
+            ds = pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises many types on damaged files
         raise InputError(path, f"damaged DICOM file ({e})") from None
     if "PixelData" not in ds:
         raise InputError(path, "the file has no pixel data")
-    n = int(ds.get("NumberOfFrames", 1))
     shared = ds.get("SharedFunctionalGroupsSequence", [pydicom.Dataset()])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None or len(per_frame) != n:
         raise GeometryError(path, "multi-frame file without one PerFrameFunctionalGroupsSequence item per frame")
 
-    def attr(frame: pydicom.Dataset, sequence: str, name: str):
-        for group in (frame, shared):
-            if sequence in group and name in group[sequence][0]:
-                return group[sequence][0][name].value
-        return None
-
-    positions, orientations, slopes, intercepts = [], [], [], []
+    positions, orientations, slopes, intercepts, spacings = [], [], [], [], []
     for i, frame in enumerate(per_frame):
-        pos = attr(frame, "PlanePositionSequence", "ImagePositionPatient")
-        ori = attr(frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+        where = f" (frame {i + 1})"
+        pos = _frame_attr(frame, shared, "PlanePositionSequence", "ImagePositionPatient")
+        ori = _frame_attr(frame, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
         if pos is None or ori is None:
             raise GeometryError(path, f"frame {i + 1} has no plane position or orientation")
         positions.append([float(v) for v in pos])
         orientations.append([float(v) for v in ori])
-        slope = attr(frame, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = attr(frame, "PixelValueTransformationSequence", "RescaleIntercept")
-        slopes.append(float(slope) if slope is not None else float(ds.get("RescaleSlope", 1)))
-        intercepts.append(float(intercept) if intercept is not None else float(ds.get("RescaleIntercept", 0)))
-    spacing = attr(per_frame[0], "PixelMeasuresSequence", "PixelSpacing")
-    if spacing is None:
-        raise GeometryError(path, "no PixelSpacing in the PixelMeasuresSequence")
-    spacings = {tuple(round(float(v), 4) for v in attr(f, "PixelMeasuresSequence", "PixelSpacing")) for f in per_frame}
-    if len(spacings) > 1:
-        raise GeometryError(path, f"frames with different PixelSpacing: {sorted(spacings)}")
-    thickness = attr(per_frame[0], "PixelMeasuresSequence", "SpacingBetweenSlices") or attr(
-        per_frame[0], "PixelMeasuresSequence", "SliceThickness")
+        measures = pydicom.Dataset()
+        spacing = _frame_attr(frame, shared, "PixelMeasuresSequence", "PixelSpacing")
+        if spacing is not None:
+            measures.PixelSpacing = spacing
+        spacings.append(tuple(_pixel_spacing(measures, path, f" in the PixelMeasuresSequence{where}")))
+        slopes.append(_frame_number(frame, shared, "PixelValueTransformationSequence", "RescaleSlope",
+                                    _rescale_tag(ds, "RescaleSlope", 1.0, path), path, where))
+        intercepts.append(_frame_number(frame, shared, "PixelValueTransformationSequence", "RescaleIntercept",
+                                        _rescale_tag(ds, "RescaleIntercept", 0.0, path), path, where))
+    if len({tuple(round(v, 4) for v in s) for s in spacings}) > 1:
+        raise GeometryError(path, f"frames with different PixelSpacing: {sorted(set(spacings))}")
+    thickness = None
+    if n == 1:
+        measures = pydicom.Dataset()
+        for name in ("SpacingBetweenSlices", "SliceThickness"):
+            value = _frame_attr(per_frame[0], shared, "PixelMeasuresSequence", name)
+            if value is not None:
+                setattr(measures, name, value)
+        thickness = _slice_thickness(measures, path, " in the PixelMeasuresSequence")
     affine, order = affine_from_plane_stack(
-        np.array(positions), np.array(orientations), [float(v) for v in spacing], path,
-        single_slice_thickness=float(thickness) if thickness else None,
+        np.array(positions), np.array(orientations), list(spacings[0]), path, single_slice_thickness=thickness,
     )
     try:
-        frames = ds.pixel_array
-    except Exception as e:
-        raise InputError(path, f"pixel data cannot be decoded, the file may be truncated ({e})") from None
+        with _quiet_pydicom():
+            frames = ds.pixel_array
+    except Exception as e:  # decoders raise many types on damaged data
+        raise _decode_error(path, ds, e) from None
+    if n == 1 and frames.ndim == 2:
+        frames = frames[None]
     if frames.ndim != 3 or frames.shape[0] != n:
         raise InputError(path, f"expected {n} single-channel frames, decoded an array of shape {frames.shape}")
     slopes_a = np.asarray(slopes)[order, None, None]
@@ -378,39 +559,36 @@ def read_enhanced(path: Path, header: pydicom.Dataset | None = None) -> DicomVol
         if values.min() >= -32768 and values.max() <= 32767:
             values = values.astype(np.int16)
     else:
-        values = frames.astype(np.float32) * slopes_a.astype(np.float32) + intercepts_a.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf is refused by read_scan, by name
+            values = frames.astype(np.float32) * slopes_a.astype(np.float32) + intercepts_a.astype(np.float32)
     meta = _source_meta([ds], [path], "dicom-enhanced")
     meta["frame_numbers"] = [int(i) + 1 for i in order]  # 1-based frame of each slice k
     return DicomVolume(values.transpose(2, 1, 0), affine, meta)
 
 
-def _is_seg(header: pydicom.Dataset) -> bool:
-    return str(header.get("SOPClassUID", "")) in SEG_SOP_CLASSES
+def read_dicom(path: str | os.PathLike, series_uid: str | None = None, max_bytes: int | None = None) -> DicomVolume:
+    """Read a DICOM folder (one series, or the one named) or a single DICOM file.
 
-
-def _refuse_seg(path: Path) -> None:
-    raise InputError(path, "a DICOM Segmentation (SEG) is a result, not a scan: read it with read_panoptic "
-                           "(label_set=..., reference=<the series it segments>)")
-
-
-def read_dicom(path: str | os.PathLike, series_uid: str | None = None) -> DicomVolume:
-    """Read a DICOM folder (one series, or the one named) or a single DICOM file."""
+    `max_bytes` limits the float32 size of the volume, checked from the headers before any
+    pixel is read (see `limits`).
+    """
     path = Path(path)
     if path.is_dir():
         series = scan_folder(path)
-        info = choose_series(path, series, series_uid)
-        if any(_is_seg(h) for h in info.headers):
-            _refuse_seg(info.files[0])
+        info = choose_series(path, series, series_uid).images_only()
+        if not info.files:
+            raise InputError(path, f"series {info.series_uid} holds no scan, only non-image objects")
         if len(info.files) == 1 and int(info.headers[0].get("NumberOfFrames", 1) or 1) > 1:
-            return read_enhanced(info.files[0])
-        return read_classic_series(info, path)
+            return read_enhanced(info.files[0], info.headers[0], max_bytes)
+        return read_classic_series(info, path, max_bytes)
     header = _read_header(path)
-    if _is_seg(header):
-        _refuse_seg(path)
-    if "Rows" not in header:
-        raise InputError(path, f"not an image: a {header.get('Modality', 'non-image')} object without pixel data")
+    kind = non_image_kind(header)
+    if kind is not None:
+        raise InputError(path, f"this is {kind}")
     if int(header.get("NumberOfFrames", 1) or 1) > 1:
-        return read_enhanced(path, header)
+        return read_enhanced(path, header, max_bytes)
+    _check_samples(header, path)
+    check_scan_size(path, (int(header.Columns), int(header.Rows), 1), max_bytes=max_bytes)
     check_complete(path)
     info = SeriesInfo(str(header.get("SeriesInstanceUID", "")), "", "", [path], [header])
-    return read_classic_series(info, path)
+    return read_classic_series(info, path, max_bytes)

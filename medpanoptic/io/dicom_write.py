@@ -76,6 +76,8 @@ def write_dicom_series(
     template.SeriesInstanceUID = series_uid
     template.StudyID = "1"
     template.SeriesNumber = series_number
+    template.PatientPosition = "HFS"  # Type 2C, required for CT: head first, supine
+    template.BodyPartExamined = "ABDOMEN"  # unpaired: Laterality (Type 2C for paired parts) is rightly absent
     template.AcquisitionNumber = 1
     template.FrameOfReferenceUID = frame_of_reference
     template.PositionReferenceIndicator = ""

@@ -80,6 +80,24 @@ def check_orthonormal(direction: np.ndarray, source: str | None = None) -> None:
         raise GeometryError(source, f"direction cosines are not orthonormal (sheared geometry): {d.round(6).tolist()}")
 
 
+def check_spacing(spacing: Sequence[float], source: str | None, what: str) -> list[float]:
+    """Voxel sizes as floats, refused unless every one is finite and positive.
+
+    A negative size mirrors the volume (wrong axis codes) and zero collapses an axis: both
+    would put voxels at the wrong place, so neither is guessed around. `what` names the tag
+    or header field in the message.
+    """
+    values = [float(v) for v in spacing]
+    bad = [v for v in values if not (np.isfinite(v) and v > 0)]
+    if bad:
+        raise GeometryError(source, f"{what} is {_listed(values)}: voxel sizes must be finite and positive")
+    return values
+
+
+def _listed(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]" if len(values) != 1 else f"{values[0]:g}"
+
+
 def affine_from_dicom_planes(
     first_position: Sequence[float],
     orientation: Sequence[float],

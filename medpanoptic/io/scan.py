@@ -13,11 +13,17 @@ from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
 from ..errors import InputError
 from .dicom_read import is_dicom_file, read_dicom
+from .geometry import check_spacing
 from .itk import array_from_sitk
+from .itk_header import check_header_geometry, check_payload, read_text_header
+from .limits import check_scan_size
 from .nifti import read_nifti
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 """Single-file formats read through SimpleITK. DICOM is recognised by content, not name."""
+
+TEXT_HEADER_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+"""Physical formats whose text header is checked before ITK reads them (spacing, size, data file)."""
 
 
 def _suffix(path: Path) -> str:
@@ -44,7 +50,13 @@ def make_meta_tensor(array: np.ndarray, affine: np.ndarray, meta: dict) -> MetaT
     return MetaTensor(torch.from_numpy(array), meta=full)
 
 
-def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> MetaTensor:
+def read_scan(
+    path: str | os.PathLike,
+    series_uid: str | None = None,
+    *,
+    allow_guessed_geometry: bool = False,
+    max_bytes: int | None = None,
+) -> MetaTensor:
     """Read a scan into a (C, *spatial) MetaTensor in the scan's own voxel grid.
 
     Accepts a DICOM folder (one image series, or the one named by `series_uid`), a single
@@ -52,39 +64,81 @@ def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> MetaTen
     Nothing is resampled or reoriented: the affine maps voxel (i, j, k) to RAS mm. The meta
     remembers the source: `filename_or_obj`, `source_format`, and for DICOM the Study, Series
     and SOP Instance UIDs in slice order (what a DICOM SEG needs to reference its source).
-    Refuses, with the file and the reason, anything that would not be a faithful volume.
+    Refuses, with the file and the reason, anything that would not be a faithful volume:
+    geometry that is missing or impossible (unless `allow_guessed_geometry`, for NIfTI,
+    NRRD and MetaImage files that give no geometry, which logs the guess), a volume whose
+    float32 size would exceed `max_bytes` (default `limits.MAX_SCAN_BYTES`, or the
+    environment's MEDPANOPTIC_MAX_SCAN_BYTES; checked from the header before reading), and
+    voxels that are not finite once rescaled and converted to float32. float64 images come
+    back as float32, the dtype the network gets.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder")
     if not os.access(path, os.R_OK):
         raise InputError(path, "permission denied")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(path, "the file is empty")
     if path.is_dir() or is_dicom_file(path):
-        volume = read_dicom(path, series_uid)
+        volume = read_dicom(path, series_uid, max_bytes)
         meta = {**volume.meta, ImageMetaKey.FILENAME_OR_OBJ: str(path)}
-        return make_meta_tensor(volume.array[None], volume.affine, meta)
+        return make_meta_tensor(_network_ready(volume.array[None], path, "dicom"), volume.affine, meta)
     suffix = _suffix(path)
     if suffix not in ITK_SUFFIXES:
         raise InputError(path, f"unsupported file type '{suffix or path.name}' (expected a DICOM file or folder, or one of {', '.join(ITK_SUFFIXES)})")
-    if path.stat().st_size == 0:
-        raise InputError(path, "the file is empty")
     if suffix in (".nii", ".nii.gz"):
-        array, affine = read_nifti(path)
+        array, affine = read_nifti(path, allow_guessed_geometry, max_bytes)
         return _finish(array, affine, path, suffix)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
-        raise InputError(path, f"cannot read as {suffix}: {reason}") from None
+    image = _read_itk(path, suffix, allow_guessed_geometry, max_bytes)
     if image.GetDimension() > 3 or (image.GetDimension() == 3 and image.GetSize()[2] == 1 and suffix in (".png", ".jpg", ".jpeg", ".bmp")):
         image = _squeeze(image, path)
     array, affine = array_from_sitk(image, str(path))
     return _finish(array, affine, path, suffix)
 
 
-def _finish(array: np.ndarray, affine: np.ndarray, path: Path, suffix: str) -> MetaTensor:
+def _read_itk(path: Path, suffix: str, allow_guessed_geometry: bool, max_bytes: int | None) -> sitk.Image:
+    """A SimpleITK image, read only after its header passed the geometry, size and length checks."""
+    header = read_text_header(path, suffix) if suffix in TEXT_HEADER_SUFFIXES else None
+    if header is not None:
+        check_header_geometry(header, suffix, allow_guessed_geometry)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        size, components = reader.GetSize(), reader.GetNumberOfComponents()
+        check_scan_size(path, size, components, max_bytes)
+        if header is not None:
+            check_spacing(reader.GetSpacing(), str(path), "the voxel spacing")
+            item = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), components).GetSizeOfPixelComponent()
+            check_payload(header, int(np.prod(size, dtype=np.int64)) * components * item)
+        return reader.Execute()
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
+        raise InputError(path, f"cannot read as {suffix}: {reason}") from None
+
+
+def _network_ready(array: np.ndarray, path: Path, source_format: str) -> np.ndarray:
+    """float64 as float32 (the network's dtype), refused if any voxel is then NaN or infinite.
+
+    The check runs after the rescale and the cast: a finite 1e300 becomes inf in float32, and
+    an infinite voxel would look like a lesion.
+    """
+    if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize > 4:
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float32)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise InputError(path, "the image contains NaN or infinite voxels")
+        scaled = " after RescaleSlope/RescaleIntercept" if source_format == "dicom" else ""
+        raise InputError(path, f"the image contains NaN or infinite voxels{scaled} as float32 (the network's dtype)")
+    return array
+
+
+def _finish(array: np.ndarray, affine: np.ndarray, path: Path, suffix: str) -> MetaTensor:
+    if array.ndim == 4 and array.shape[0] > 1:
+        raise InputError(
+            path, f"a 3D image with {array.shape[0]} components per voxel (colour or vector): "
+            "only single-channel 3D scans are supported (colour is read for 2D images)"
+        )
+    array = _network_ready(array, path, suffix.lstrip("."))
     meta = {ImageMetaKey.FILENAME_OR_OBJ: str(path), "source_format": suffix.lstrip("."), "source_files": [str(path)]}
     return make_meta_tensor(array, affine, meta)
 
