@@ -160,7 +160,7 @@ def test_seg_recognised_by_content_whatever_its_name(series, tmp_path):
     for path in (tmp_path / "SEGEXPORT", tmp_path / "label.seg", bare):
         back, _ = read_panoptic(path, label_set=labels, reference=folder)
         np.testing.assert_array_equal(back.numpy(), truth.numpy())
-        with pytest.raises(InputError, match="a DICOM Segmentation .* is a result, not a scan: read it with read_panoptic"):
+        with pytest.raises(InputError, match=r"this is a DICOM Segmentation \(a result, not a scan\): read it with read_panoptic"):
             read_scan(path)
 
 

@@ -232,7 +232,7 @@ def test_declared_huge_nifti_is_refused_from_its_header(tmp_path):
     path = raw_nifti(tmp_path / "bomb.nii.gz", VOXELS, shape=(30000, 30000, 30000), payload=b"\0" * 1000)
     assert path.stat().st_size < 2000
     with pytest.raises(InputError, match=r"bomb.nii.gz: the header declares 30000 x 30000 x 30000 voxels, which would need "
-                                         r"98.2 TiB as float32, above the limit of 8.0 GiB"):
+                                         r"98.2 TiB as float32, above the limit of 2.0 GiB"):
         read_scan(path)
 
 
