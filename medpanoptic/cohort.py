@@ -107,7 +107,9 @@ def _write_case(result, out: Path, scan: ScanInput, formats: Sequence[str], stam
         record = {"case": scan.case, "input": str(scan.path), "series_uid": scan.series_uid, "fingerprint": stamp,
                   "n_instances": result.n_instances, "files": sorted(p.name for p in written.values())}
         (tmp / DONE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        if case_dir.exists() or case_dir.is_symlink():
+        if case_dir.is_symlink():  # replacing it would remove what it points to
+            raise InputError(case_dir, "a link where a case folder belongs; refusing to replace it")
+        if case_dir.exists():
             shutil.rmtree(inside(out, case_dir))
         os.replace(tmp, case_dir)
     except BaseException:
@@ -243,7 +245,8 @@ def segment_cohort(
                     report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
             bar.close()
 
-        _write_json(out / f".rank{rank}.json", {"done": report.done, "skipped": report.skipped, "failed": report.failed})
+        _write_json(out / f".rank{rank}.json",
+                    {"done": report.done, "skipped": report.skipped, "failed": report.failed})
         if distributed:
             import torch.distributed as dist
 

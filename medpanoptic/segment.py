@@ -50,7 +50,8 @@ def bundle_path(name_or_path: str | os.PathLike) -> Path:
             raise InputError(text, "no such bundle folder")
         return Path(text)
     if not _BUNDLE_NAME.fullmatch(text):
-        raise InputError(text, "not a bundle name (letters, digits, '.', '_', '-'); give a local bundle folder as a path, e.g. ./NAME")
+        raise InputError(text, "not a bundle name (letters, digits, '.', '_', '-'); "
+                               "give a local bundle folder as a path, e.g. ./NAME")
     roots = [Path(p) for p in os.environ.get(BUNDLES_ENV, "").split(os.pathsep) if p] + [shipped_bundles()]
     for root in roots:
         if (root / text / "configs").is_dir():

@@ -54,7 +54,8 @@ def _tree(root: Path, skip: Path) -> dict[str, bytes | None]:
     for p in sorted(root.rglob("*")):
         if p == skip or skip in p.parents:
             continue
-        found[str(p.relative_to(root))] = os.readlink(p).encode() if p.is_symlink() else (p.read_bytes() if p.is_file() else None)
+        content = os.readlink(p).encode() if p.is_symlink() else p.read_bytes() if p.is_file() else None
+        found[str(p.relative_to(root))] = content
     return found
 
 
@@ -112,6 +113,7 @@ def _hostile_series(phantom, study: Path) -> None:
         f.unlink()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
 def test_hostile_dicom_series_tags_stay_inside_out(phantom, arena):
     root, out = arena
     _hostile_series(phantom, root / "data" / "study")
@@ -140,7 +142,7 @@ def test_hostile_manifest_cases_stay_inside_out(phantom, arena):
     assert _tree(root, out) == before  # a resumed run (it removes and renames folders) stays inside too
 
 
-def test_a_case_folder_that_links_outside_is_refused(phantom, arena, capsys):
+def test_a_case_folder_that_is_a_link_is_never_replaced(phantom, arena, capsys):
     root, out = arena
     image = _nifti(phantom, root / "data" / "scan.nii.gz")
     out.mkdir()
@@ -149,6 +151,13 @@ def test_a_case_folder_that_links_outside_is_refused(phantom, arena, capsys):
     assert (root / "outer" / "sentinel" / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in (root / "outer" / "sentinel").iterdir()) == ["keep.txt"]
     assert "refusing to touch a path outside the output folder" in capsys.readouterr().err
+    (out / "other").mkdir()
+    (out / "other" / "result.txt").write_text("another case")
+    (out / "scan").unlink()
+    (out / "scan").symlink_to(out / "other", target_is_directory=True)  # inside --out, still not ours to replace
+    assert _segment(str(image), "--out", str(out), "--no-resume") == 1
+    assert (out / "other" / "result.txt").read_text() == "another case"
+    assert "a link where a case folder belongs; refusing to replace it" in capsys.readouterr().err
 
 
 # -- 2. a bare bundle name is a shipped bundle, never ./name -----------------------------------
@@ -178,7 +187,7 @@ def test_bundle_names_and_paths(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MEDPANOPTIC_BUNDLES", raising=False)
     (tmp_path / "mine" / "configs").mkdir(parents=True)
     assert bundle_path("./mine") == Path("./mine") and bundle_path(str(tmp_path / "mine")) == tmp_path / "mine"
-    with pytest.raises(InputError, match=r"mine: no shipped bundle of that name .*give a local bundle folder as a path, e\.g\. \./mine"):
+    with pytest.raises(InputError, match=r"mine: no shipped bundle of that name .*as a path, e\.g\. \./mine"):
         bundle_path("mine")
     with pytest.raises(InputError, match=r"\.\./mine: no such bundle folder"):
         bundle_path("../mine")
@@ -319,5 +328,6 @@ def test_qc_pictures_draw_dollar_signs_literally(phantom, tmp_path):
     from medpanoptic.qc import cohort_overview, qc_montage
 
     names = ["a$b$", "x$^$", "$$", "p$\\frac$"]
-    assert cohort_overview(names, [1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4], tmp_path / "overview.png", "l$_$").stat().st_size > 0
-    assert qc_montage(phantom.image, phantom.pair, phantom.label_set, tmp_path / "qc.png", title="x$^$").stat().st_size > 0
+    overview = cohort_overview(names, [1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4], tmp_path / "overview.png", "l$_$")
+    montage = qc_montage(phantom.image, phantom.pair, phantom.label_set, tmp_path / "qc.png", title="x$^$")
+    assert overview.stat().st_size > 0 and montage.stat().st_size > 0

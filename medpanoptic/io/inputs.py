@@ -3,8 +3,9 @@
 `find_scans` turns what a user typed into a list of cases, each with a unique case id. A case
 id comes from data (a file name, a DICOM tag, a manifest's `case` column), so it is always one
 safe path component (`io.paths.safe_component`): it names the case's output folder and files
-and must never climb out of them. It reads nothing but DICOM headers; a folder whose headers cannot be read still becomes a case,
-so that reading it fails later with its own clear reason instead of hiding it.
+and must never climb out of them. It reads nothing but DICOM headers; a folder whose headers
+cannot be read still becomes a case, so that reading it fails later with its own clear reason
+instead of hiding it.
 """
 
 from __future__ import annotations
