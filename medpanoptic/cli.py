@@ -203,7 +203,9 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
     from .segment import SAVE_FORMATS
 
     p.add_argument("inputs", nargs="+", help="scans: files, folders of NIfTI, DICOM study folders (every series), CSV manifests")
-    p.add_argument("--bundle", default="ct_lesion_panoptic", help="bundle folder or name of a shipped bundle (default ct_lesion_panoptic)")
+    p.add_argument("--bundle", default="ct_lesion_panoptic",
+                   help="name of a shipped bundle (default ct_lesion_panoptic) or a bundle folder given as a path "
+                        "(./mine); a bundle is code, like any MONAI bundle: run only bundles you trust")
     p.add_argument("--out", required=True, help="output folder: one sub-folder per case, cohort CSVs and overview beside them")
     p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(SAVE_FORMATS)} (default nifti,table,png)")
     p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")

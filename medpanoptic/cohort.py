@@ -10,25 +10,35 @@
 - Under `torchrun`, rank r takes cases r, r + W, ...; rank 0 waits for the others and writes
   the cohort files: `instances.csv` (one row per instance, with the case id), `cases.csv`,
   `errors.csv` and `cohort_overview.png`.
+- One run at a time per output folder: the run (rank 0 under `torchrun`) holds an exclusive
+  lock on `out/.medpanoptic.lock`; a second run refuses, naming the first one's pid. Holding
+  it, the run removes the `.<case>.tmp-XXXXXXXX` folders a killed run left behind.
+- Case ids are safe path components (see `io.inputs`), and every path written or removed is
+  checked to lie inside `out` first (`io.paths.inside`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
-from .errors import MedPanopticError
+from .errors import InputError, MedPanopticError
 from .io.inputs import ScanInput, find_scans
+from .io.paths import inside, safe_component
 
 DONE = "done.json"
+LOCK = ".medpanoptic.lock"
+_CASE_TEMPORARY = re.compile(r"\.[A-Za-z0-9._+@-]+\.tmp-[0-9a-f]{8}")  # what `_write_case` names its folder
 
 
 @dataclass
@@ -79,20 +89,89 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split()) or type(error).__name__
 
 
-def _write_case(result, case_dir: Path, formats: Sequence[str], stamp: str, scan: ScanInput) -> None:
+def case_folder(out: Path, case: str) -> Path:
+    """`out/<case>`, refused unless `case` is one safe path component whose folder lies inside `out`."""
+    if case != safe_component(case):
+        raise InputError(case, "a case id must be one safe path component (see medpanoptic.io.paths)")
+    inside(out, out / case)
+    return out / case
+
+
+def _write_case(result, out: Path, scan: ScanInput, formats: Sequence[str], stamp: str) -> None:
     """All of a case's files in a temporary folder, then one rename: all or nothing."""
-    tmp = case_dir.with_name(f".{case_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    case_dir = case_folder(out, scan.case)
+    tmp = out / f".{scan.case}.tmp-{uuid.uuid4().hex[:8]}"
+    inside(out, tmp)
     try:
         written = result.save(tmp / scan.case, formats)
         record = {"case": scan.case, "input": str(scan.path), "series_uid": scan.series_uid, "fingerprint": stamp,
                   "n_instances": result.n_instances, "files": sorted(p.name for p in written.values())}
         (tmp / DONE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        if case_dir.is_symlink():  # replacing it would remove what it points to
+            raise InputError(case_dir, "a link where a case folder belongs; refusing to replace it")
         if case_dir.exists():
-            shutil.rmtree(case_dir)
+            shutil.rmtree(inside(out, case_dir))
         os.replace(tmp, case_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove the `.<case>.tmp-XXXXXXXX` folders that a killed run left directly in `out`.
+
+    Only real folders of exactly that name are removed (never a file or a link that looks like
+    one); call it only while holding the output lock, or it would take a running case's folder."""
+    removed = []
+    with os.scandir(out) as entries:
+        for entry in entries:
+            if _CASE_TEMPORARY.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(inside(out, entry.path))
+                removed.append(Path(entry.path))
+    return removed
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[Path]:
+    """Hold `out/.medpanoptic.lock` exclusively for the block: two runs on one folder would overwrite
+    each other's cohort files. Refuses at once (an `InputError` naming the other run's pid)."""
+    path = out / LOCK
+    inside(out, path)
+    fd = _acquire_lock(path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # before closing: a run that opens the file after this locks a new one
+        os.close(fd)
+
+
+def _acquire_lock(path: Path) -> int:
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(path.parent, f"another medpanoptic segment run (pid {holder}) is writing to this "
+                                          f"output folder; wait for it to finish or choose another --out") from None
+        if _same_file(fd, path):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)  # the previous holder removed the file between our open and our lock: lock the new one
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -112,7 +191,7 @@ def segment_cohort(
     """Segment every case named by `inputs` (files, folders, DICOM studies, CSV manifests); see the module docstring."""
     from tqdm import tqdm
 
-    from .segment import Segmenter
+    from .segment import Segmenter, bundle_path
 
     rank, world = _rank_world()
     distributed = world > 1
@@ -125,60 +204,86 @@ def segment_cohort(
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device and device.startswith("cuda") else "gloo")
-    out, bundle = Path(out), Path(bundle)
+    out, bundle = Path(out), bundle_path(bundle)
     out.mkdir(parents=True, exist_ok=True)
-    scans = find_scans(inputs)
-    mine = scans[rank::world]
-    report = CohortReport()
-    segmenter = segmenter or Segmenter.from_bundle(bundle, device=device)
-    todo = []
-    for scan in mine:
-        stamp = fingerprint(scan, bundle, formats)
-        if resume and is_done(out / scan.case, stamp):
-            report.skipped.append(scan.case)
-        else:
-            todo.append((scan, stamp))
+    with _claimed(out, rank, distributed):
+        scans = find_scans(inputs)
+        mine = scans[rank::world]
+        report = CohortReport()
+        segmenter = segmenter or Segmenter.from_bundle(bundle, device=device)
+        todo = []
+        for scan in mine:
+            stamp = fingerprint(scan, bundle, formats)
+            if resume and is_done(out / scan.case, stamp):  # only reads: a case folder is checked before it is written
+                report.skipped.append(scan.case)
+            else:
+                todo.append((scan, stamp))
 
-    def load(scan: ScanInput):
-        return segmenter.load(scan.path, scan.series_uid or None)
+        def load(scan: ScanInput):
+            return segmenter.load(scan.path, scan.series_uid or None)
 
-    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
-        pending_read: Future | None = reader.submit(load, todo[0][0]) if todo else None
-        writes: list[tuple[ScanInput, Future]] = []
-        bar = tqdm(total=len(todo), desc=f"segmenting (rank {rank})" if distributed else "segmenting", unit="case",
-                   disable=not progress or None)
-        for i, (scan, stamp) in enumerate(todo):
-            current = pending_read
-            pending_read = reader.submit(load, todo[i + 1][0]) if i + 1 < len(todo) else None
+        with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
+            pending_read: Future | None = reader.submit(load, todo[0][0]) if todo else None
+            writes: list[tuple[ScanInput, Future]] = []
+            bar = tqdm(total=len(todo), desc=f"segmenting (rank {rank})" if distributed else "segmenting", unit="case",
+                       disable=not progress or None)
+            for i, (scan, stamp) in enumerate(todo):
+                current = pending_read
+                pending_read = reader.submit(load, todo[i + 1][0]) if i + 1 < len(todo) else None
+                try:
+                    image = current.result()
+                    result = segmenter(image, case=scan.case)
+                    writes.append((scan, writer.submit(_write_case, result, out, scan, formats, stamp)))
+                except Exception as e:  # one bad case must not stop a cohort
+                    report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
+                bar.update(1)
+            for scan, job in writes:
+                try:
+                    job.result()
+                    report.done.append(scan.case)
+                except Exception as e:
+                    report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
+            bar.close()
+
+        _write_json(out / f".rank{rank}.json",
+                    {"done": report.done, "skipped": report.skipped, "failed": report.failed})
+        if distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if rank == 0:
+            report = _merge_ranks(out, world)
+            write_cohort_summary(out, [s.case for s in scans], report, segmenter.label_set)
+        if distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+        return report
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, rank: int, distributed: bool) -> Iterator[None]:
+    """The output folder, held for the run: rank 0 locks it and clears a killed run's leftovers,
+    and under torchrun tells the other ranks whether it could (they all stop if not)."""
+    with contextlib.ExitStack() as held:
+        error: BaseException | None = None
+        if rank == 0:
             try:
-                image = current.result()
-                result = segmenter(image, case=scan.case)
-                writes.append((scan, writer.submit(_write_case, result, out / scan.case, formats, stamp, scan)))
-            except Exception as e:  # one bad case must not stop a cohort
-                report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
-            bar.update(1)
-        for scan, job in writes:
-            try:
-                job.result()
-                report.done.append(scan.case)
-            except Exception as e:
-                report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
-        bar.close()
+                held.enter_context(output_lock(out))
+                remove_stale_temporaries(out)
+            except (MedPanopticError, OSError) as e:
+                error = e
+        if distributed:
+            import torch.distributed as dist
 
-    _write_json(out / f".rank{rank}.json", {"done": report.done, "skipped": report.skipped, "failed": report.failed})
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-    if rank == 0:
-        report = _merge_ranks(out, world)
-        write_cohort_summary(out, [s.case for s in scans], report, segmenter.label_set)
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return report
+            shared = [_one_line(error) if error else ""]
+            dist.broadcast_object_list(shared, src=0)
+            if shared[0] and error is None:
+                error = InputError(None, shared[0])
+        if error is not None:
+            raise error
+        yield
 
 
 def _write_json(path: Path, document: dict) -> None:
@@ -218,8 +323,10 @@ def write_cohort_summary(out: Path, cases: Sequence[str], report: CohortReport, 
     failed = {f["case"] for f in report.failed}
     instance_rows, case_rows = [], []
     for case in cases:
-        table = out / case / f"{case}_instances.csv"
-        if case in failed or not table.exists():
+        if case in failed:
+            continue
+        table = case_folder(out, case) / f"{case}_instances.csv"
+        if not table.exists():
             continue
         with open(table, newline="", encoding="utf-8") as f:
             rows = [{"case": case, **r} for r in csv.DictReader(f)]

@@ -6,6 +6,8 @@
 - `cohort_overview`: one PNG per cohort: thing count and total thing volume per case.
 
 Drawn with matplotlib's non-interactive Agg canvas, so they work on headless cluster nodes.
+Text that comes from data (case ids, class names) is drawn literally (`parse_math=False`):
+matplotlib would otherwise read `a$b$` as TeX and fail on `x$^$`.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def qc_montage(image, pair, label_set: LabelSet, path: str | os.PathLike, title:
     for i, (img, lab, inst, name) in enumerate(panels):
         _panel(fig.add_subplot(1, len(panels), i + 1), img, lab, inst, label_set, name)
     legend = "   ".join(f"{c.name} ({c.kind})" for c in label_set)
-    fig.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
+    fig.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9, parse_math=False)
     path = Path(path)
     with atomic_paths(path) as (tmp,):
         fig.savefig(tmp, format="png")
@@ -113,8 +115,8 @@ def cohort_overview(cases: Sequence[str], counts: Sequence[int], volumes_ml: Seq
     for i, (values, ylabel) in enumerate([(counts, f"{thing_name} per case"), (volumes_ml, f"{thing_name} volume (mL)")]):
         ax = fig.add_subplot(1, 2, i + 1)
         ax.bar(x, values, color="#4c72b0")
-        ax.set_xticks(x, cases, rotation=90, fontsize=7)
-        ax.set_ylabel(ylabel)
+        ax.set_xticks(x, cases, rotation=90, fontsize=7, parse_math=False)
+        ax.set_ylabel(ylabel, parse_math=False)
     fig.suptitle(f"cohort overview: {len(cases)} case(s)")
     fig.tight_layout()
     path = Path(path)

@@ -12,6 +12,7 @@ grouping, inversion), so a script gets exactly what `python -m monai.bundle run`
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -26,18 +27,42 @@ BUNDLES_ENV = "MEDPANOPTIC_BUNDLES"
 SAVE_FORMATS = ("nifti", "dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "tiff", "png")
 
 
+_BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def shipped_bundles() -> Path:
+    """The folder of the bundles that ship with medpanoptic: `medpanoptic/_bundles` in an installed
+    wheel, the checkout's top-level `bundles/` in a source tree or an editable install."""
+    packaged = Path(__file__).resolve().parent / "_bundles"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "bundles"
+
+
 def bundle_path(name_or_path: str | os.PathLike) -> Path:
-    """A bundle folder: the path itself, or a shipped bundle by name (looked up in $MEDPANOPTIC_BUNDLES,
-    then in the `bundles/` folder of the medpanoptic checkout)."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    roots = [Path(p) for p in os.environ.get(BUNDLES_ENV, "").split(os.pathsep) if p]
-    roots.append(Path(__file__).resolve().parents[1] / "bundles")
+    """The bundle folder that `name_or_path` names.
+
+    A bundle is code (MONAI evaluates the `$` expressions of its configs), so a local folder is
+    only ever taken when asked for by path (`./mine`, `/opt/b`, anything with a path separator);
+    a bare name (`ct_lesion_panoptic`) means a shipped bundle or one in $MEDPANOPTIC_BUNDLES,
+    never a folder of that name in the current directory."""
+    text = os.fspath(name_or_path)
+    if _is_path(text):
+        if not Path(text).is_dir():
+            raise InputError(text, "no such bundle folder")
+        return Path(text)
+    if not _BUNDLE_NAME.fullmatch(text):
+        raise InputError(text, "not a bundle name (letters, digits, '.', '_', '-'); "
+                               "give a local bundle folder as a path, e.g. ./NAME")
+    roots = [Path(p) for p in os.environ.get(BUNDLES_ENV, "").split(os.pathsep) if p] + [shipped_bundles()]
     for root in roots:
-        if (root / str(name_or_path) / "configs").is_dir():
-            return root / str(name_or_path)
-    raise InputError(path, f"no such bundle folder (nor a shipped bundle of that name in {', '.join(map(str, roots))})")
+        if (root / text / "configs").is_dir():
+            return root / text
+    raise InputError(text, f"no shipped bundle of that name (looked in {', '.join(map(str, roots))}); "
+                           f"give a local bundle folder as a path, e.g. ./{text}")
+
+
+def _is_path(text: str) -> bool:
+    separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return text in (".", "..") or any(sep in text for sep in separators)
 
 
 @dataclass
@@ -131,7 +156,7 @@ class Segmenter:
     def __init__(self, bundle: str | os.PathLike, device: str | torch.device | None = None, **overrides) -> None:
         from monai.bundle import ConfigParser
 
-        self.bundle = Path(bundle)
+        self.bundle = bundle_path(bundle)
         config = self.bundle / "configs" / "inference.json"
         weights = self.bundle / "models" / "model.pt"
         for needed in (config, weights):

@@ -1,8 +1,11 @@
 """What to segment: scan paths, folders of images, DICOM study folders (every image series) or a CSV manifest.
 
-`find_scans` turns what a user typed into a list of cases, each with a unique case id. It
-reads nothing but DICOM headers; a folder whose headers cannot be read still becomes a case,
-so that reading it fails later with its own clear reason instead of hiding it.
+`find_scans` turns what a user typed into a list of cases, each with a unique case id. A case
+id comes from data (a file name, a DICOM tag, a manifest's `case` column), so it is always one
+safe path component (`io.paths.safe_component`): it names the case's output folder and files
+and must never climb out of them. It reads nothing but DICOM headers; a folder whose headers
+cannot be read still becomes a case, so that reading it fails later with its own clear reason
+instead of hiding it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Iterable
 
 from ..errors import InputError
 from .dicom_read import is_dicom_file, scan_folder
+from .paths import safe_component, unique_components
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 OUTPUT_SUFFIXES = (".seg.nrrd", "_label.nii.gz", "_instance.nii.gz", "_pair.nii.gz")
@@ -22,7 +26,7 @@ OUTPUT_SUFFIXES = (".seg.nrrd", "_label.nii.gz", "_instance.nii.gz", "_pair.nii.
 
 @dataclass(frozen=True)
 class ScanInput:
-    """One case: a scan path (file or DICOM folder), the series to take from it, and its id."""
+    """One case: a scan path (file or DICOM folder), the series to take from it, and its id (a safe path component)."""
 
     case: str
     path: Path
@@ -33,8 +37,12 @@ class ScanInput:
 
 
 def case_name(source: str | os.PathLike) -> str:
-    """A case id from a scan path: the file name without its image suffix, or the folder's name."""
-    path = Path(str(source).rstrip("/\\"))
+    """A case id from a scan path: the file name without its image suffix, or the folder's name,
+    as one safe path component (it becomes a folder and file stem)."""
+    return safe_component(_bare_name(Path(str(source).rstrip("/\\"))))
+
+
+def _bare_name(path: Path) -> str:
     name = path.name
     for suffix in IMAGE_SUFFIXES + (".dcm",):
         if name.lower().endswith(suffix):
@@ -91,7 +99,8 @@ def _from_manifest(path: Path) -> list[ScanInput]:
 
 
 def find_scans(inputs: Iterable[str | os.PathLike]) -> list[ScanInput]:
-    """The cases named by `inputs`, in order, with unique case ids (a clash gets `_2`, `_3`...)."""
+    """The cases named by `inputs`, in order, with unique case ids that are safe path components
+    (`../../X` becomes `X`; a clash, ignoring letter case, gets `_2`, `_3`...)."""
     found: list[ScanInput] = []
     for item in inputs:
         path = Path(item)
@@ -101,10 +110,5 @@ def find_scans(inputs: Iterable[str | os.PathLike]) -> list[ScanInput]:
             found += _from_manifest(path)
         else:
             found.append(ScanInput(case_name(path), path))  # read later: a missing file is that case's error
-    seen: dict[str, int] = {}
-    unique = []
-    for scan in found:
-        n = seen.get(scan.case, 0) + 1
-        seen[scan.case] = n
-        unique.append(scan if n == 1 else ScanInput(f"{scan.case}_{n}", scan.path, scan.series_uid))
-    return unique
+    names = unique_components(scan.case for scan in found)
+    return [ScanInput(name, scan.path, scan.series_uid) for name, scan in zip(names, found)]
