@@ -7,6 +7,7 @@ from typing import Iterator, Protocol
 
 import pydicom
 
+from ..errors import InputError
 from .auth import Settings, load_settings
 from .urls import NodeAddress
 
@@ -38,12 +39,14 @@ class Node(Protocol):
 def open_node(address: NodeAddress, settings: Settings | None = None) -> Node:
     """A client for `address` with its settings (credentials from the environment or config file)."""
     settings = settings or load_settings(address)
-    if address.is_dicomweb:
-        from .dicomweb import DicomWebNode
+    try:
+        if address.is_dicomweb:
+            from .dicomweb import DicomWebNode
 
-        return DicomWebNode(address, settings)
-    from .dimse import DimseNode
-
+            return DicomWebNode(address, settings)
+        from .dimse import DimseNode
+    except ImportError as e:
+        raise InputError(address.key, f"talking to DICOM nodes needs {e.name}: pip install 'medpanoptic[pacs]'") from None
     return DimseNode(address, settings)
 
 
