@@ -39,6 +39,7 @@ class DimseNode:
 
     def __init__(self, address: NodeAddress, settings: Settings) -> None:
         self.address, self.settings = address, settings
+        self._sop_classes: dict[str, list[str]] = {}  # per series, from its instance C-FIND: what C-GET must accept
 
     def _ae(self):
         from pynetdicom import AE
@@ -99,8 +100,9 @@ class DimseNode:
         return self._find(f"C-FIND of instances in series {series_uid}", query)
 
     def instance_uids(self, study_uid: str, series_uid: str) -> list[str]:
-        return sorted({checked_uid(a.get("SOPInstanceUID"), "SOP Instance UID", self.address.key)
-                       for a in self._instances(study_uid, series_uid)})
+        found = self._instances(study_uid, series_uid)
+        self._sop_classes[series_uid] = sorted({str(a.get("SOPClassUID", "")) for a in found} - {""})
+        return sorted({checked_uid(a.get("SOPInstanceUID"), "SOP Instance UID", self.address.key) for a in found})
 
     def has_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
         return any(str(a.get("SOPInstanceUID", "")) == sop_uid for a in self._instances(study_uid, series_uid, sop_uid))
@@ -110,7 +112,9 @@ class DimseNode:
         from pynetdicom.presentation import build_role
 
         what = f"C-GET of series {ref.series_uid}"
-        classes = sorted({str(a.get("SOPClassUID", "")) for a in self._instances(ref.study_uid, ref.series_uid)} - {""})
+        if ref.series_uid not in self._sop_classes:
+            self.instance_uids(ref.study_uid, ref.series_uid)
+        classes = self._sop_classes[ref.series_uid]
 
         def once() -> list[pydicom.Dataset]:
             received: list[pydicom.Dataset] = []
