@@ -210,6 +210,14 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(SAVE_FORMATS)} (default nifti,table,png)")
     p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="segment every case again, even those already done")
+    pacs = p.add_argument_group("PACS", "inputs dicomweb://HOST:PORT/PATH or dimse://AET@HOST:PORT; credentials "
+                                        "from MEDPANOPTIC_PACS_* variables or MEDPANOPTIC_PACS_CONFIG, never here")
+    pacs.add_argument("--study", help="Study Instance UID to take from a DICOM node")
+    pacs.add_argument("--series", help="Series Instance UID (within --study); default: every image series")
+    pacs.add_argument("--patient", help="query: Patient ID")
+    pacs.add_argument("--modality", help="query: modality, e.g. CT")
+    pacs.add_argument("--since", help="query: studies on or after this date, YYYYMMDD")
+    pacs.add_argument("--store", help="send each case's DICOM SEG to this node (dicomweb://... or dimse://...), once")
 
 
 def _formats(text: str) -> list[str]:
@@ -222,12 +230,27 @@ def _formats(text: str) -> list[str]:
     return formats if "table" in formats else formats + ["table"]  # the cohort summary is built from the tables
 
 
+def _remote_inputs(args: argparse.Namespace) -> list[str]:
+    """The inputs, with the query options added to every DICOM node address."""
+    from .remote import is_remote
+    from .remote.urls import with_query
+
+    query = {k: getattr(args, k) for k in ("study", "series", "patient", "modality", "since")}
+    if any(query.values()) and not any(is_remote(i) for i in args.inputs):
+        raise MedPanopticError("--study/--series/--patient/--modality/--since select series on a DICOM node: "
+                               "give a dicomweb:// or dimse:// input")
+    return [with_query(i, **query) if is_remote(i) else i for i in args.inputs]
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from .cohort import segment_cohort
     from .segment import bundle_path
 
-    report = segment_cohort(args.inputs, bundle_path(args.bundle), args.out, _formats(args.to), device=args.device,
-                            resume=not args.no_resume)
+    inputs, formats = _remote_inputs(args), _formats(args.to)
+    if args.store and "dicom-seg" not in formats:
+        formats.append("dicom-seg")  # what goes back to the node
+    report = segment_cohort(inputs, bundle_path(args.bundle), args.out, formats, device=args.device,
+                            resume=not args.no_resume, store=args.store)
     if int(__import__("os").environ.get("RANK", 0)) == 0:
         print(f"{len(report.done)} case(s) segmented, {len(report.skipped)} already done, {len(report.failed)} failed"
               f" -> {args.out} (instances.csv, cases.csv, errors.csv, cohort_overview.png)")
@@ -274,9 +297,34 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- listen -------------------------------------------------------------------------------
+def _configure_listen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=11112, help="DICOM port to receive C-STORE on (default 11112)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--aet", default="MEDPANOPTIC", help="our AE title (default MEDPANOPTIC)")
+    p.add_argument("--bundle", default="ct_lesion_panoptic", help="bundle folder or name of a shipped bundle")
+    p.add_argument("--out", required=True, help="output folder (received series are kept in OUT/.pacs-incoming)")
+    p.add_argument("--store", help="send each result's DICOM SEG to this node (dicomweb://... or dimse://...)")
+    p.add_argument("--to", default="nifti,table,dicom-seg", help="formats written per case (dicom-seg is always added)")
+    p.add_argument("--idle-s", type=float, default=5.0, help="a series is complete once nothing arrived for it for this long")
+    p.add_argument("--device", help="torch device (default: cuda when available)")
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    from .remote.listen import listen
+    from .segment import bundle_path
+
+    formats = _formats(args.to)
+    formats += [] if "dicom-seg" in formats else ["dicom-seg"]
+    listen(args.port, bundle_path(args.bundle), args.out, store=args.store, formats=formats, host=args.host,
+           aet=args.aet, idle_s=args.idle_s, device=args.device)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "demo": ("segment a built-in CT phantom with the shipped 3D bundle and export every format", _configure_demo, run_demo),
     "segment": ("segment scans or a whole cohort with a bundle (resumable, errors.csv, torchrun)", _configure_segment, run_segment),
+    "listen": ("receive DICOM series (C-STORE), segment each complete one and send the SEG back", _configure_listen, run_listen),
     "info": ("print a scan's geometry (and, for a DICOM folder, its series)", _configure_info, run_info),
     "phantom": ("write synthetic phantoms with panoptic truth as a Decathlon-layout dataset", _configure_phantom, run_phantom),
     "export": ("write a result as DICOM SEG, Slicer .seg.nrrd, viewer label map and instance table", _configure_export, run_export),

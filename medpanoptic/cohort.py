@@ -39,6 +39,7 @@ from .io.paths import inside, safe_component
 DONE = "done.json"
 LOCK = ".medpanoptic.lock"
 _CASE_TEMPORARY = re.compile(r"\.[A-Za-z0-9._+@-]+\.tmp-[0-9a-f]{8}")  # what `_write_case` names its folder
+PACS_CACHE = ".pacs-cache"  # series retrieved from DICOM nodes (see medpanoptic.remote)
 
 
 @dataclass
@@ -187,8 +188,10 @@ def segment_cohort(
     resume: bool = True,
     progress: bool = True,
     segmenter=None,
+    store: str | None = None,
 ) -> CohortReport:
-    """Segment every case named by `inputs` (files, folders, DICOM studies, CSV manifests); see the module docstring."""
+    """Segment every case named by `inputs` (files, folders, DICOM studies, CSV manifests, DICOM node
+    addresses); see the module docstring. `store`: a DICOM node that gets each case's DICOM SEG."""
     from tqdm import tqdm
 
     from .segment import Segmenter, bundle_path
@@ -207,7 +210,7 @@ def segment_cohort(
     out, bundle = Path(out), bundle_path(bundle)
     out.mkdir(parents=True, exist_ok=True)
     with _claimed(out, rank, distributed):
-        scans = find_scans(inputs)
+        scans = find_scans(inputs, cache=out / PACS_CACHE)
         mine = scans[rank::world]
         report = CohortReport()
         segmenter = segmenter or Segmenter.from_bundle(bundle, device=device)
@@ -220,6 +223,9 @@ def segment_cohort(
                 todo.append((scan, stamp))
 
         def load(scan: ScanInput):
+            from .remote.cache import raise_if_failed
+
+            raise_if_failed(scan.path)  # a series a DICOM node did not deliver fails with the node's reason
             return segmenter.load(scan.path, scan.series_uid or None)
 
         with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
@@ -244,6 +250,10 @@ def segment_cohort(
                 except Exception as e:
                     report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
             bar.close()
+        if store:
+            from .remote.push import store_cases
+
+            report = store_cases(out, report, store)
 
         _write_json(out / f".rank{rank}.json",
                     {"done": report.done, "skipped": report.skipped, "failed": report.failed})

@@ -28,3 +28,7 @@ class GeometryError(InputError):
 
 class PanopticError(MedPanopticError, ValueError):
     """A panoptic pair is malformed (shape, dtype, instance ids, divisor overflow)."""
+
+
+class RemoteError(InputError):
+    """A DICOM node (DICOMweb or DIMSE) refused, failed or timed out; the message names the node, never a secret."""

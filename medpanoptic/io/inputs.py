@@ -98,13 +98,25 @@ def _from_manifest(path: Path) -> list[ScanInput]:
     return found
 
 
-def find_scans(inputs: Iterable[str | os.PathLike]) -> list[ScanInput]:
+def default_cache() -> Path:
+    """Where retrieved series are kept when no cache folder is given: $MEDPANOPTIC_CACHE or ~/.cache/medpanoptic."""
+    return Path(os.environ.get("MEDPANOPTIC_CACHE") or Path.home() / ".cache" / "medpanoptic") / "pacs"
+
+
+def find_scans(inputs: Iterable[str | os.PathLike], cache: str | os.PathLike | None = None) -> list[ScanInput]:
     """The cases named by `inputs`, in order, with unique case ids that are safe path components
-    (`../../X` becomes `X`; a clash, ignoring letter case, gets `_2`, `_3`...)."""
+    (`../../X` becomes `X`; a clash, ignoring letter case, gets `_2`, `_3`...). DICOM node
+    addresses (`dicomweb://`, `dimse://`) are retrieved into `cache` (see `medpanoptic.remote`)."""
+    from ..remote import is_remote
+
     found: list[ScanInput] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir() and not path.name.lower().endswith(IMAGE_SUFFIXES):
+        if is_remote(item):
+            from ..remote.pull import remote_scans
+
+            found += remote_scans(str(item), Path(cache) if cache else default_cache())
+        elif path.is_dir() and not path.name.lower().endswith(IMAGE_SUFFIXES):
             found += _from_folder(path)
         elif path.suffix.lower() == ".csv":
             found += _from_manifest(path)
