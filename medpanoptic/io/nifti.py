@@ -13,7 +13,6 @@ import os
 
 import nibabel as nib
 import numpy as np
-import torch
 from isal import igzip
 
 NIFTI_INTENT_LABEL = 1002
@@ -71,6 +70,8 @@ def nifti_order(array: np.ndarray) -> np.ndarray:
         return array.T
     if array.ndim < 3:
         return np.ascontiguousarray(array.T)
+    import torch  # here, not at the top: reading NIfTI must not wait for PyTorch
+
     # bytes are bytes: move them as signed integers of the same width (torch lacks unsigned kernels)
     source = torch.from_numpy(np.ascontiguousarray(array).view(f"i{array.itemsize}"))
     out = torch.empty(array.shape[::-1], dtype=source.dtype)

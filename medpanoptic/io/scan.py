@@ -1,20 +1,26 @@
-"""`read_scan`: any supported scan -> channel-first MetaTensor with a RAS affine and its source remembered."""
+"""`read_scan`: any supported scan -> channel-first MetaTensor with a RAS affine and its source remembered.
+
+`load_scan` does the reading without PyTorch (arrays, affine, meta), for tools that only look.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from monai.data import MetaTensor
-from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
 from ..errors import InputError
 from .dicom_read import is_dicom_file, read_dicom
 from .itk import array_from_sitk
 from .nifti import read_nifti
+
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
+
+FILENAME_KEY = "filename_or_obj"  # MONAI's ImageMetaKey.FILENAME_OR_OBJ, without importing MONAI
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 """Single-file formats read through SimpleITK. DICOM is recognised by content, not name."""
@@ -30,6 +36,10 @@ def _suffix(path: Path) -> str:
 
 def make_meta_tensor(array: np.ndarray, affine: np.ndarray, meta: dict) -> MetaTensor:
     """Wrap a channel-first array as a MetaTensor whose affine (RAS) is also its original affine."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.utils import MetaKeys, SpaceKeys
+
     if array.dtype in (np.uint16, np.uint32):  # torch has few kernels for these: widen losslessly
         array = array.astype(np.int32 if array.dtype == np.uint16 else np.int64)
     affine_t = torch.as_tensor(affine, dtype=torch.float64)
@@ -54,6 +64,11 @@ def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> MetaTen
     and SOP Instance UIDs in slice order (what a DICOM SEG needs to reference its source).
     Refuses, with the file and the reason, anything that would not be a faithful volume.
     """
+    return make_meta_tensor(*load_scan(path, series_uid))
+
+
+def load_scan(path: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(channel-first array, RAS affine, meta) of a scan: what `read_scan` wraps, read without PyTorch."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder")
@@ -61,8 +76,8 @@ def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> MetaTen
         raise InputError(path, "permission denied")
     if path.is_dir() or is_dicom_file(path):
         volume = read_dicom(path, series_uid)
-        meta = {**volume.meta, ImageMetaKey.FILENAME_OR_OBJ: str(path)}
-        return make_meta_tensor(volume.array[None], volume.affine, meta)
+        meta = {**volume.meta, FILENAME_KEY: str(path)}
+        return volume.array[None], volume.affine, meta
     suffix = _suffix(path)
     if suffix not in ITK_SUFFIXES:
         raise InputError(path, f"unsupported file type '{suffix or path.name}' (expected a DICOM file or folder, or one of {', '.join(ITK_SUFFIXES)})")
@@ -82,11 +97,11 @@ def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> MetaTen
     return _finish(array, affine, path, suffix)
 
 
-def _finish(array: np.ndarray, affine: np.ndarray, path: Path, suffix: str) -> MetaTensor:
+def _finish(array: np.ndarray, affine: np.ndarray, path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray, dict]:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError(path, "the image contains NaN or infinite voxels")
-    meta = {ImageMetaKey.FILENAME_OR_OBJ: str(path), "source_format": suffix.lstrip("."), "source_files": [str(path)]}
-    return make_meta_tensor(array, affine, meta)
+    meta = {FILENAME_KEY: str(path), "source_format": suffix.lstrip("."), "source_files": [str(path)]}
+    return array, affine, meta
 
 
 def _squeeze(image: sitk.Image, path: Path) -> sitk.Image:
