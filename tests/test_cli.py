@@ -251,3 +251,25 @@ def test_info_of_an_oblique_anisotropic_nifti(tmp_path, oblique_ct, cli):
     assert f"origin LPS:  {tuple(round(float(v), 4) for v in lps[:3, 3])}" in out
     direction = np.round(lps[:3, :3] / np.array([0.8, 0.9, 2.0]), 6).tolist()
     assert f"direction:   {direction} (LPS)" in out
+
+
+# -- the demo's bundle speaks to a new user without warnings ---------------------------------------
+def test_bundle_orientation_transforms_build_without_future_warning():
+    import warnings
+
+    from monai.bundle import ConfigParser
+
+    from medpanoptic.segment import Segmenter, bundle_path
+
+    bundle = bundle_path("ct_lesion_panoptic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        segmenter = Segmenter.from_bundle(bundle, device="cpu")  # what `medpanoptic demo` builds
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "train.json"))
+        parser["bundle_root"] = str(bundle)
+        load = parser.get_parsed_content("load_transforms")
+    orientations = [t for t in [*segmenter.preprocessing.transforms, *load] if type(t).__name__ == "Orientationd"]
+    assert len(orientations) == 2
+    for t in orientations:  # RAS as before: MONAI's former default labels
+        assert t.ornt_transform.axcodes == "RAS" and tuple(map(tuple, t.ornt_transform.labels)) == (("L", "R"), ("P", "A"), ("I", "S"))
