@@ -273,3 +273,48 @@ def test_bundle_orientation_transforms_build_without_future_warning():
     assert len(orientations) == 2
     for t in orientations:  # RAS as before: MONAI's former default labels
         assert t.ornt_transform.axcodes == "RAS" and tuple(map(tuple, t.ornt_transform.labels)) == (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+# -- compiled kernels under load ----------------------------------------------------------------
+def test_kernel_threads_follow_the_environment(monkeypatch, caplog):
+    import numba
+
+    from medpanoptic import _kernels
+
+    most = numba.config.NUMBA_NUM_THREADS
+    monkeypatch.setenv("MEDPANOPTIC_NUM_THREADS", "1")
+    assert _kernels.kernel_threads() == 1
+    monkeypatch.setenv("MEDPANOPTIC_NUM_THREADS", "1000")
+    assert _kernels.kernel_threads() == most
+    monkeypatch.setenv("MEDPANOPTIC_NUM_THREADS", "lots")
+    with caplog.at_level("WARNING", logger="medpanoptic"):
+        n = _kernels.kernel_threads()
+    assert 1 <= n <= min(most, _kernels._usable_cores())
+    assert "MEDPANOPTIC_NUM_THREADS='lots' is not a whole number: ignored" in caplog.text
+
+
+def test_kernel_threads_never_exceed_torchs(monkeypatch):
+    import torch
+
+    from medpanoptic import _kernels
+
+    monkeypatch.delenv("MEDPANOPTIC_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _kernels.kernel_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_same_panoptic_quality_with_any_thread_count(monkeypatch, oblique_ct):
+    from medpanoptic.metrics import panoptic_quality
+
+    gt = oblique_ct.pair.numpy()
+    pred = np.roll(gt, 1, axis=1)
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("MEDPANOPTIC_NUM_THREADS", threads)
+        results.append(panoptic_quality(pred, gt, oblique_ct.label_set).counts)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert results[0].sum() > 0
