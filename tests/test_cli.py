@@ -318,3 +318,20 @@ def test_same_panoptic_quality_with_any_thread_count(monkeypatch, oblique_ct):
         results.append(panoptic_quality(pred, gt, oblique_ct.label_set).counts)
     np.testing.assert_array_equal(results[0], results[1])
     assert results[0].sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_nifti_writer_order_round_trips_on_an_oblique_grid(tmp_path, oblique_ct, dtype):
+    import nibabel as nib
+
+    from medpanoptic.io.nifti import nifti_order, write_nifti
+
+    values = np.ascontiguousarray(oblique_ct.pair[1].numpy().astype(dtype) + np.arange(32, dtype=dtype))
+    strided = values[:, ::2, :]  # neither C- nor F-contiguous
+    np.testing.assert_array_equal(nifti_order(strided), strided.T)
+    assert nifti_order(values).flags.c_contiguous
+    affine = oblique_ct.image.affine.numpy()
+    write_nifti(tmp_path / "map.nii.gz", values, affine)
+    image = nib.load(tmp_path / "map.nii.gz")
+    np.testing.assert_array_equal(np.asanyarray(image.dataobj), values)
+    np.testing.assert_allclose(image.affine, affine, atol=1e-5)
