@@ -1,15 +1,64 @@
 """Compiled CPU kernels (numba) for the one pass over the voxels; torch covers other devices.
 
 Compiled on first use and cached beside this file, so later processes start at once.
+
+Threads: a parallel kernel waits for its slowest thread, so on a machine whose cores are busy
+with other processes, or with PyTorch's threads in the cohort pipeline, more threads only make
+it slower. Each call therefore uses the cores that are free now (at least one), never more than
+PyTorch's thread count when PyTorch is loaded, or exactly `MEDPANOPTIC_NUM_THREADS`. The
+threading layer stays numba's default (OpenMP here): 'workqueue' aborts when two Python threads
+launch kernels at once, which the cohort pipeline and the writers do.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
+import numba
 import numpy as np
 from numba import njit, prange
 
+THREADS_ENV = "MEDPANOPTIC_NUM_THREADS"
 BLOCKS = 64  # units of parallel work
 RUN = 4096  # voxels per run: the second pass revisits only runs that hold an instance
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _other_runnable() -> int:
+    """Processes (threads) running or waiting for a core right now, besides the caller."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        return max(0, running - 1)
+    except (OSError, ValueError, IndexError):
+        return int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+
+
+def kernel_threads() -> int:
+    """Threads the next kernel should use: `MEDPANOPTIC_NUM_THREADS`, else the free cores, at most PyTorch's threads."""
+    most = numba.config.NUMBA_NUM_THREADS
+    wanted = os.environ.get(THREADS_ENV, "").strip()
+    if wanted:
+        try:
+            return max(1, min(most, int(wanted)))
+        except ValueError:
+            logging.getLogger("medpanoptic").warning("%s=%r is not a whole number: ignored", THREADS_ENV, wanted)
+    n = _usable_cores() - _other_runnable()
+    if "torch" in sys.modules:  # share the machine with PyTorch's pool, do not add to it
+        n = min(n, sys.modules["torch"].get_num_threads())
+    return max(1, min(most, n))
+
+
+def _use_free_cores() -> None:
+    numba.set_num_threads(kernel_threads())  # per calling thread
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -67,6 +116,7 @@ def confusion_and_things(gl: np.ndarray, gi: np.ndarray, pl: np.ndarray, pi: np.
     run of voxels; the second copies those voxels' ids, visiting only runs that have some.
     Returns (None, None) if any id is negative or a label is >= `n_labels`.
     """
+    _use_free_cores()
     n_runs = (gl.size + RUN - 1) // RUN
     confusion, found, low = _first_pass(gl, gi, pl, pi, n_labels, n_runs)
     if low < 0:
@@ -97,6 +147,7 @@ def _segment_numbers(label, instance, stuff_lut, thing_lut, out):  # pragma: no 
 def segment_numbers(label: np.ndarray, instance: np.ndarray, stuff_lut: np.ndarray, thing_lut: np.ndarray):
     """Segment number of every voxel (thing instances by `thing_lut[instance]`, the rest by
     `stuff_lut[label]`), and the count of instance-0 voxels per label. One parallel pass."""
+    _use_free_cores()
     out = np.empty(label.size, np.uint16)
     counts = _segment_numbers(label.reshape(-1), instance.reshape(-1), stuff_lut, thing_lut, out)
     return out.reshape(label.shape), counts
@@ -152,6 +203,7 @@ def pair_stats(label: np.ndarray, instance: np.ndarray, n_labels: int, n_ids: in
 
     Returns None if some id is negative or not below `n_labels` / `n_ids`.
     """
+    _use_free_cores()
     shape = label.shape + (1,) * (3 - label.ndim)
     result = _pair_stats(np.ascontiguousarray(label).reshape(-1), np.ascontiguousarray(instance).reshape(-1),
                          shape[1], shape[2], n_labels, n_ids)
@@ -230,6 +282,7 @@ def assign_to_centers(logits: np.ndarray, offsets: np.ndarray, centers: np.ndarr
     Returns per voxel the class and the owner (0: not a thing, -1: a thing but no center,
     k + 1: center k), and per center the class votes and the summed probability of each class.
     """
+    _use_free_cores()
     n_classes, n = logits.shape[0], logits[0].size
     dims = np.asarray(logits.shape[1:], np.int64)
     flat_logits = logits.reshape(n_classes, n)
@@ -246,6 +299,7 @@ def assign_to_centers(logits: np.ndarray, offsets: np.ndarray, centers: np.ndarr
 
 def relabel(semantic: np.ndarray, owner: np.ndarray, new_class: np.ndarray, new_id: np.ndarray) -> np.ndarray:
     """Apply the per-center class and instance id to every owned voxel (in place for `semantic`); returns the instances."""
+    _use_free_cores()
     instance = np.empty(semantic.shape, np.int32)
     _relabel(semantic, owner, new_class.astype(np.int32), new_id.astype(np.int32), instance)
     return instance

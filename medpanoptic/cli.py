@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
-
-import numpy as np
 
 from .errors import MedPanopticError
 
@@ -26,6 +26,39 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def _open_fraction(text: str) -> float:
+    """A finite number strictly between 0 and 1 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"must be a finite number in (0, 1), got {text!r}")
+    return value
+
+
+def check_device(name: str | None) -> None:
+    """Refuse a torch device this machine does not have, before any model or scan is loaded."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise MedPanopticError(f"--device {name}: not a torch device (expected cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise MedPanopticError(f"{name}: this PyTorch build has no CUDA")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise MedPanopticError(f"{name}: no CUDA GPU is visible (CUDA_VISIBLE_DEVICES, driver)")
+        if device.index is not None and device.index >= count:
+            raise MedPanopticError(f"{name}: only {count} GPU{'s' if count > 1 else ''} (cuda:0..cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise MedPanopticError(f"{name}: MPS is not available on this machine")
+
+
 # -- info ---------------------------------------------------------------------------------
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("scan", help="a DICOM folder or file, NIfTI, NRRD, MHA or 2D image")
@@ -34,10 +67,11 @@ def _configure_info(p: argparse.ArgumentParser) -> None:
 
 def run_info(args: argparse.Namespace) -> int:
     import nibabel as nib
+    import numpy as np
 
-    from .io import read_scan
     from .io.dicom_read import scan_folder
     from .io.geometry import LPS_TO_RAS, spacing_from_affine
+    from .io.scan import load_scan
 
     path = Path(args.scan)
     if path.is_dir():
@@ -49,14 +83,12 @@ def run_info(args: argparse.Namespace) -> int:
         if len(images) > 1 and not args.series_uid:
             print("pass --series-uid to describe one of them")
             return 0
-    scan = read_scan(path, args.series_uid)
-    affine = scan.affine.numpy()
-    ndim = scan.ndim - 1
+    values, affine, meta = load_scan(path, args.series_uid)  # no PyTorch: info answers at once
+    ndim = values.ndim - 1
     lps = LPS_TO_RAS @ affine
-    values = scan.numpy()
     print(f"file:        {path}")
-    print(f"format:      {scan.meta.get('source_format')}")
-    print(f"shape:       {tuple(scan.shape[1:])} x {scan.shape[0]} channel(s), {scan.dtype}")
+    print(f"format:      {meta.get('source_format')}")
+    print(f"shape:       {tuple(values.shape[1:])} x {values.shape[0]} channel(s), {values.dtype}")
     print(f"spacing mm:  {tuple(round(float(v), 6) for v in spacing_from_affine(affine, ndim))}")
     print(f"origin LPS:  {tuple(round(float(v), 4) for v in lps[:3, 3])}")
     codes = nib.aff2axcodes(affine)[:ndim]
@@ -64,8 +96,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"direction:   {np.round(lps[:ndim, :ndim] / spacing_from_affine(affine, ndim), 6).tolist()} (LPS)")
     print(f"values:      {values.min():g} .. {values.max():g}")
     for key in ("series_instance_uid", "modality", "series_description"):
-        if scan.meta.get(key):
-            print(f"{key.replace('_', ' ')}: {scan.meta[key]}")
+        if meta.get(key):
+            print(f"{key.replace('_', ' ')}: {meta[key]}")
     return 0
 
 
@@ -88,6 +120,7 @@ def _configure_phantom(p: argparse.ArgumentParser) -> None:
 
 
 def run_phantom(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from .io.decathlon import write_case, write_dataset_json
@@ -147,7 +180,7 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="label set JSON (default: the one stored with the ground truth)")
     p.add_argument("--out", default="report.csv", help="per-case CSV; *_instances.csv and *_summary.csv go beside it")
     p.add_argument("--void-label", type=int, help="ground-truth label of void (ignored) regions")
-    p.add_argument("--iou-threshold", type=float, default=0.5, help="matching threshold (below 0.5: Hungarian)")
+    p.add_argument("--iou-threshold", type=_open_fraction, default=0.5, help="matching threshold (below 0.5: Hungarian)")
     p.add_argument("--no-surface", action="store_true", help="skip HD95/ASSD per lesion")
     p.add_argument("--allow-missing", action="store_true", help="exit 0 even if some ground-truth cases have no prediction")
     p.add_argument("--source", help="folder of source scans, <source>/<case>: DICOM SEGs are read onto their grid "
@@ -156,8 +189,9 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .labels import LabelSet
-    from .metrics.evaluate import evaluate_folders, format_summary
+    from .metrics.evaluate import check_report_path, evaluate_folders, format_summary
 
+    check_report_path(args.out)
     label_set = LabelSet.load(args.labels) if args.labels else None
     report = evaluate_folders(args.pred, args.gt, label_set, args.void_label, args.iou_threshold,
                               surface=not args.no_surface, sources=args.source)
@@ -246,6 +280,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from .cohort import segment_cohort
     from .segment import bundle_path
 
+    check_device(args.device)
     inputs, formats = _remote_inputs(args), _formats(args.to)
     if args.store and "dicom-seg" not in formats:
         formats.append("dicom-seg")  # what goes back to the node
@@ -273,6 +308,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .segment import Segmenter, bundle_path
     from .synthetic import ct_phantom, oblique_direction
 
+    check_device(args.device)
     out = Path(args.out)
     phantom = ct_phantom(direction=oblique_direction().ravel(), seed=args.seed)
     dicom = out / "input" / "dicom"
@@ -332,25 +368,68 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are errors like any other: one line, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"medpanoptic: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `commands`, only those subcommands' arguments are configured.
+
+    Configuring a subcommand may import what it runs (format lists live beside PyTorch code),
+    so `medpanoptic --help` and `medpanoptic info` configure nothing they do not need.
+    """
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="medpanoptic",
         description="Panoptic segmentation for medical images: every voxel gets a class and, for things, an instance.",
     )
     parser.add_argument("--version", action="version", version=f"medpanoptic {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details; tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (help_text, configure, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        configure(p)
+        if commands is None or name in commands:
+            configure(p)
         p.set_defaults(run=run)
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named in `argv` (the top-level options take no values), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _subject(args: argparse.Namespace) -> str:
+    """What the command was working on, for messages: its input path(s)."""
+    for key in ("scan", "stem", "pred", "inputs", "out"):
+        value = getattr(args, key, None)
+        if value:
+            return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return ""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"medpanoptic: error: {_one_line(message)}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Run the command; every failure ends as one `medpanoptic: error:` line on stderr.
+
+    Exit codes: 0 success; 2 the input or the arguments cannot be used (including not enough
+    memory for this input); 1 some cases failed, or an internal error (a bug: `-v` shows its traceback).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_in(argv)
+    parser = build_parser([command] if command else [])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "run", None):
@@ -359,11 +438,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except MedPanopticError as e:
-        print(f"medpanoptic: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), 2)
     except OSError as e:
-        print(f"medpanoptic: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return _fail(f"{e.filename or _subject(args)}: {e.strerror or e}", 2)
+    except MemoryError as e:
+        detail = f" ({_one_line(e)})" if str(e) else ""
+        return _fail(f"{_subject(args)}: not enough memory to run '{args.command}' on it{detail}", 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as e:  # a bug: say so in one line, keep the traceback for -v
+        if args.verbose:
+            traceback.print_exc()
+        where = f"{_subject(args)}: " if _subject(args) else ""
+        return _fail(f"{where}internal error ({type(e).__name__}: {e}); run with -v for the traceback", 1)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
-"""`read_scan`: any supported scan -> channel-first MetaTensor with a RAS affine and its source remembered."""
+"""`read_scan`: any supported scan -> channel-first MetaTensor with a RAS affine and its source remembered.
+
+`load_scan` does the reading without PyTorch (arrays, affine, meta), for tools that only look.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from monai.data import MetaTensor
-from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
 from ..errors import InputError
 from .dicom_read import is_dicom_file, read_dicom
@@ -18,6 +19,11 @@ from .itk import array_from_sitk
 from .itk_header import check_header_geometry, check_payload, read_text_header
 from .limits import check_scan_size
 from .nifti import read_nifti
+
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
+
+FILENAME_KEY = "filename_or_obj"  # MONAI's ImageMetaKey.FILENAME_OR_OBJ, without importing MONAI
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 """Single-file formats read through SimpleITK. DICOM is recognised by content, not name."""
@@ -36,6 +42,10 @@ def _suffix(path: Path) -> str:
 
 def make_meta_tensor(array: np.ndarray, affine: np.ndarray, meta: dict) -> MetaTensor:
     """Wrap a channel-first array as a MetaTensor whose affine (RAS) is also its original affine."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.utils import MetaKeys, SpaceKeys
+
     if array.dtype in (np.uint16, np.uint32):  # torch has few kernels for these: widen losslessly
         array = array.astype(np.int32 if array.dtype == np.uint16 else np.int64)
     affine_t = torch.as_tensor(affine, dtype=torch.float64)
@@ -72,6 +82,18 @@ def read_scan(
     voxels that are not finite once rescaled and converted to float32. float64 images come
     back as float32, the dtype the network gets.
     """
+    return make_meta_tensor(*load_scan(path, series_uid, allow_guessed_geometry=allow_guessed_geometry,
+                                       max_bytes=max_bytes))
+
+
+def load_scan(
+    path: str | os.PathLike,
+    series_uid: str | None = None,
+    *,
+    allow_guessed_geometry: bool = False,
+    max_bytes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(channel-first array, RAS affine, meta) of a scan: what `read_scan` wraps, read without PyTorch."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder")
@@ -81,8 +103,8 @@ def read_scan(
         raise InputError(path, "the file is empty")
     if path.is_dir() or is_dicom_file(path):
         volume = read_dicom(path, series_uid, max_bytes)
-        meta = {**volume.meta, ImageMetaKey.FILENAME_OR_OBJ: str(path)}
-        return make_meta_tensor(_network_ready(volume.array[None], path, "dicom"), volume.affine, meta)
+        meta = {**volume.meta, FILENAME_KEY: str(path)}
+        return _network_ready(volume.array[None], path, "dicom"), volume.affine, meta
     suffix = _suffix(path)
     if suffix not in ITK_SUFFIXES:
         raise InputError(path, f"unsupported file type '{suffix or path.name}' (expected a DICOM file or folder, or one of {', '.join(ITK_SUFFIXES)})")
@@ -132,15 +154,15 @@ def _network_ready(array: np.ndarray, path: Path, source_format: str) -> np.ndar
     return array
 
 
-def _finish(array: np.ndarray, affine: np.ndarray, path: Path, suffix: str) -> MetaTensor:
+def _finish(array: np.ndarray, affine: np.ndarray, path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray, dict]:
     if array.ndim == 4 and array.shape[0] > 1:
         raise InputError(
             path, f"a 3D image with {array.shape[0]} components per voxel (colour or vector): "
             "only single-channel 3D scans are supported (colour is read for 2D images)"
         )
     array = _network_ready(array, path, suffix.lstrip("."))
-    meta = {ImageMetaKey.FILENAME_OR_OBJ: str(path), "source_format": suffix.lstrip("."), "source_files": [str(path)]}
-    return make_meta_tensor(array, affine, meta)
+    meta = {FILENAME_KEY: str(path), "source_format": suffix.lstrip("."), "source_files": [str(path)]}
+    return array, affine, meta
 
 
 def _squeeze(image: sitk.Image, path: Path) -> sitk.Image:

@@ -123,14 +123,28 @@ class EvaluationReport:
         """Write `<out>` (per case), `<out stem>_instances.csv` and `<out stem>_summary.csv`."""
         from ..io.atomic import atomic_paths
 
-        out = Path(out)
-        stem = out.with_suffix("")
-        paths = [out, Path(f"{stem}_instances.csv"), Path(f"{stem}_summary.csv")]
+        paths = check_report_path(out)
         tables = [self.cases + self.errors, self.instances, self.summary_rows()]
         with atomic_paths(*paths) as temps:
             for tmp, rows in zip(temps, tables):
                 _write_csv(tmp, rows)
         return paths
+
+
+def check_report_path(out: str | os.PathLike) -> list[Path]:
+    """The three CSV paths of a report at `out`; refused early if one of them is a folder."""
+    out = Path(out)
+    stem = out.with_suffix("")
+    paths = [out, Path(f"{stem}_instances.csv"), Path(f"{stem}_summary.csv")]
+    for path in paths:
+        if path.is_dir():
+            raise InputError(path, "is a folder; the report needs a CSV file name (e.g. --out results/report.csv)")
+    return paths
+
+
+def _check_iou_threshold(value: float) -> None:
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise InputError(None, f"iou_threshold must be a finite number in (0, 1), got {value!r}")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -169,6 +183,7 @@ def evaluate_folders(
     """
     from tqdm import tqdm
 
+    _check_iou_threshold(iou_threshold)
     predictions, truths = find_cases(pred_dir), find_cases(gt_dir)
     if cases is not None:
         wanted = set(cases)

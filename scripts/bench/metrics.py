@@ -1,6 +1,6 @@
 """Benchmark: panoptic quality of 3D cases, medpanoptic vs panoptica vs MONAI, in one run.
 
-    python scripts/bench/metrics.py [--sizes 256,256,256:50 512,512,400:100] [--skip-monai-large]
+    python scripts/bench/metrics.py [--sizes 256,256,256:50 512,512,400:100] [--skip-monai-large] [--busy N]
 
 For each case (a CT phantom as truth, a perturbed copy as prediction) it times
 - medpanoptic `panoptic_quality` on all classes (stuff and things);
@@ -8,12 +8,16 @@ For each case (a CT phantom as truth, a perturbed copy as prediction) it times
 - MONAI `PanopticQualityMetric` on all classes (stuff given a non-zero instance id);
 checks that TP/FP/FN agree, and prints times and ratios. Goals on CPU: >= 30x faster than
 panoptica and >= 300x faster than MONAI. With a GPU, it also times the PQ of the large pair
-already on the device (goal <= 10 ms).
+already on the device (goal <= 10 ms). `--busy N` measures on a loaded machine: N background
+processes burn CPU for the whole run (they stop with it), as other jobs would.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
+import os
 import time
 
 import numpy as np
@@ -38,6 +42,27 @@ def make_case(shape, n_lesions, seed=0):
         pred[0, i:i + 5, j:j + 5, z:z + 5] = 3
         pred[1, i:i + 5, j:j + 5, z:z + 5] = 10_000 + k
     return gt, pred, phantom.label_set
+
+
+def _burn(parent: int) -> None:
+    """Keep one core busy until the benchmark that started us is gone."""
+    while os.getppid() == parent:
+        for _ in range(1_000_000):
+            pass
+
+
+@contextlib.contextmanager
+def busy_cores(n: int):
+    """`n` CPU-burning processes for the duration of the block (none with n = 0)."""
+    procs = [multiprocessing.Process(target=_burn, args=(os.getpid(),), daemon=True) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join()
 
 
 def best_of(fn, repeats):
@@ -82,8 +107,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--monai-memory-gb", type=float, default=16.0,
                         help="skip MONAI where its per-instance masks would need more memory than this")
+    parser.add_argument("--busy", type=int, default=0, help="background CPU-burning processes during the run (load)")
     args = parser.parse_args()
+    with busy_cores(args.busy):
+        if args.busy:
+            print(f"{args.busy} CPU-burning background process(es) running; load average {os.getloadavg()[0]:.1f}")
+        run(args)
 
+
+def run(args: argparse.Namespace) -> None:
     rows = []
     for spec in args.sizes:
         shape_text, lesions = spec.split(":")
