@@ -208,8 +208,7 @@ def segment_cohort(
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device and device.startswith("cuda") else "gloo")
     out, bundle = Path(out), bundle_path(bundle)
-    out.mkdir(parents=True, exist_ok=True)
-    with _claimed(out, rank, distributed):
+    with _output_folder(out), _claimed(out, rank, distributed):
         scans = find_scans(inputs, cache=out / PACS_CACHE)
         mine = scans[rank::world]
         report = CohortReport()
@@ -270,6 +269,20 @@ def segment_cohort(
             dist.barrier()
             dist.destroy_process_group()
         return report
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path) -> Iterator[None]:
+    """`out`, made if missing; a run that fails before writing anything removes the folder it made."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: nothing a run wrote is ever removed here
+        raise
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, LabelSetError
 from ..labels import LabelSet
 from .atomic import atomic_paths, atomic_write_text
 from .nifti import write_nifti
@@ -82,5 +82,8 @@ def load_datalist(root: str | os.PathLike, key: str = "training") -> tuple[list[
         entries.append(item)
     label_set = None
     if "medpanoptic" in document:
-        label_set = LabelSet.from_dict(document["medpanoptic"]["label_set"])
+        try:
+            label_set = LabelSet.from_dict(document["medpanoptic"]["label_set"])
+        except (LabelSetError, KeyError, TypeError) as e:
+            raise InputError(path, f"its medpanoptic label set is invalid: {e}") from None
     return entries, label_set

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 
-from ..errors import GeometryError, InputError, PanopticError
+from ..errors import GeometryError, InputError, LabelSetError, PanopticError
 from ..labels import LabelSet
 from ..pair import INSTANCE, LABEL, check_pair, instance_summary, instances_from_semantic
 from .atomic import atomic_paths
@@ -269,6 +269,8 @@ def _label_set_beside(path: Path) -> LabelSet | None:
         return LabelSet.from_dict(document["label_set"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise InputError(json_path, f"not a medpanoptic panoptic JSON ({e})") from None
+    except LabelSetError as e:
+        raise InputError(json_path, f"its label set is invalid: {e}") from None
 
 
 def _identity_beside(json_path: Path) -> dict[str, str]:
