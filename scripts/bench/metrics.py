@@ -15,13 +15,15 @@ processes burn CPU for the whole run (they stop with it), as other jobs would.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import multiprocessing
 import os
+import sys
 import time
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load import busy_cores  # noqa: E402
 
 from medpanoptic.metrics import panoptic_quality
 from medpanoptic.synthetic import ct_phantom
@@ -42,27 +44,6 @@ def make_case(shape, n_lesions, seed=0):
         pred[0, i:i + 5, j:j + 5, z:z + 5] = 3
         pred[1, i:i + 5, j:j + 5, z:z + 5] = 10_000 + k
     return gt, pred, phantom.label_set
-
-
-def _burn(parent: int) -> None:
-    """Keep one core busy until the benchmark that started us is gone."""
-    while os.getppid() == parent:
-        for _ in range(1_000_000):
-            pass
-
-
-@contextlib.contextmanager
-def busy_cores(n: int):
-    """`n` CPU-burning processes for the duration of the block (none with n = 0)."""
-    procs = [multiprocessing.Process(target=_burn, args=(os.getpid(),), daemon=True) for _ in range(n)]
-    for proc in procs:
-        proc.start()
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.join()
 
 
 def best_of(fn, repeats):
