@@ -22,6 +22,7 @@ from ..errors import GeometryError, InputError, LabelSetError, PanopticError
 from ..labels import LabelSet
 from ..pair import INSTANCE, LABEL, check_pair, instance_summary, instances_from_semantic
 from .atomic import atomic_paths
+from .geometry import from_ijk_order, same_grid
 from .itk import array_from_sitk
 from .nifti import read_nifti, write_nifti
 from .scan import make_meta_tensor
@@ -123,7 +124,7 @@ def write_tiff_maps(pair: torch.Tensor, stem: str | os.PathLike) -> dict[str, Pa
         for tmp, values in ((label_tmp, arr[LABEL]), (instance_tmp, arr[INSTANCE])):
             high = int(values.max()) if values.size else 0
             dtype = np.uint16 if high <= np.iinfo(np.uint16).max else _smallest_uint(high)
-            tifffile.imwrite(tmp, np.ascontiguousarray(values.transpose().astype(dtype)), compression="zlib")
+            tifffile.imwrite(tmp, from_ijk_order(values.astype(dtype)), compression="zlib")
     return paths
 
 
@@ -156,7 +157,7 @@ def _read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _same_grid(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], path: Path) -> None:
-    if a[0].shape[1:] != b[0].shape[1:] or not np.allclose(a[1], b[1], atol=1e-4):
+    if not same_grid(a[0].shape[1:], a[1], b[0].shape[1:], b[1]):
         raise GeometryError(path, "the label map and the instance map are not on the same grid")
 
 

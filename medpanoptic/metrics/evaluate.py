@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 
 from ..errors import GeometryError, InputError, MedPanopticError
-from ..io.geometry import spacing_from_affine
+from ..io.geometry import same_grid, spacing_from_affine
 from ..io.panoptic import SUFFIXES, read_panoptic
 from ..labels import LabelSet
 from .lesions import LesionEvaluation, lesion_metrics
@@ -205,7 +204,7 @@ def evaluate_folders(
             gt, labels = _read(truths[name], label_set, source)
             label_set = label_set or labels
             pred, _ = _read(predictions[name], label_set, source if source is not None else gt)
-            if pred.shape != gt.shape or not np.allclose(pred.affine.numpy(), gt.affine.numpy(), atol=1e-3):
+            if not same_grid(pred.shape[1:], pred.affine.numpy(), gt.shape[1:], gt.affine.numpy()):
                 raise GeometryError(predictions[name].path, f"prediction grid {tuple(pred.shape[1:])} does not match the ground truth's {tuple(gt.shape[1:])} (or its affine differs)")
             spacing = spacing_from_affine(gt.affine.numpy(), gt.ndim - 1)
             quality = panoptic_quality(pred, gt, label_set, void_label=void_label, iou_threshold=iou_threshold)
