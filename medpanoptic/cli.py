@@ -70,7 +70,7 @@ def run_info(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .io.dicom_read import scan_folder
-    from .io.geometry import LPS_TO_RAS, spacing_from_affine
+    from .io.geometry import ras_to_lps, spacing_from_affine
     from .io.scan import load_scan
 
     path = Path(args.scan)
@@ -85,7 +85,7 @@ def run_info(args: argparse.Namespace) -> int:
             return 0
     values, affine, meta = load_scan(path, args.series_uid)  # no PyTorch: info answers at once
     ndim = values.ndim - 1
-    lps = LPS_TO_RAS @ affine
+    lps = ras_to_lps(affine)
     print(f"file:        {path}")
     print(f"format:      {meta.get('source_format')}")
     print(f"shape:       {tuple(values.shape[1:])} x {values.shape[0]} channel(s), {values.dtype}")

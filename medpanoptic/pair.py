@@ -199,7 +199,7 @@ def instance_summary(
     Centroids are given in voxel indices and in patient millimetres (RAS and LPS). Computed
     from `pair_stats` (one pass), or from `stats` already gathered.
     """
-    from .io.geometry import spacing_from_affine, voxel_to_ras
+    from .io.geometry import spacing_from_affine, voxel_to_lps, voxel_to_ras
 
     arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
     ndim = arr.ndim - 1
@@ -212,7 +212,7 @@ def instance_summary(
         return []
     counts = stats.instance_voxels[present]
     centroid = stats.coordinate_sums[present, :ndim] / counts[:, None]
-    ras = voxel_to_ras(affine, centroid)
+    ras, lps = voxel_to_ras(affine, centroid), voxel_to_lps(affine, centroid)
     voxel_volume = float(np.prod(spacing_from_affine(affine, ndim)))
     out = []
     for row, inst in enumerate(present.tolist()):
@@ -225,7 +225,7 @@ def instance_summary(
             "volume_mm3": float(counts[row] * voxel_volume),
             "centroid_voxel": [float(v) for v in centroid[row]],
             "centroid_ras_mm": [float(v) for v in ras[row]],
-            "centroid_lps_mm": [float(-ras[row][0]), float(-ras[row][1]), float(ras[row][2])],
+            "centroid_lps_mm": [float(v) for v in lps[row]],
         })
     return out
 

@@ -324,12 +324,13 @@ def test_same_panoptic_quality_with_any_thread_count(monkeypatch, oblique_ct):
 def test_nifti_writer_order_round_trips_on_an_oblique_grid(tmp_path, oblique_ct, dtype):
     import nibabel as nib
 
-    from medpanoptic.io.nifti import nifti_order, write_nifti
+    from medpanoptic.io.geometry import from_ijk_order
+    from medpanoptic.io.nifti import write_nifti
 
     values = np.ascontiguousarray(oblique_ct.pair[1].numpy().astype(dtype) + np.arange(32, dtype=dtype))
     strided = values[:, ::2, :]  # neither C- nor F-contiguous
-    np.testing.assert_array_equal(nifti_order(strided), strided.T)
-    assert nifti_order(values).flags.c_contiguous
+    np.testing.assert_array_equal(from_ijk_order(strided), strided.T)
+    assert from_ijk_order(values).flags.c_contiguous
     affine = oblique_ct.image.affine.numpy()
     write_nifti(tmp_path / "map.nii.gz", values, affine)
     image = nib.load(tmp_path / "map.nii.gz")

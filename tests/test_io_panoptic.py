@@ -12,6 +12,7 @@ import torch
 
 from medpanoptic.errors import InputError, PanopticError
 from medpanoptic.io import read_panoptic, write_panoptic
+from medpanoptic.io.panoptic import read_panoptic_stem, read_semantic_map
 from medpanoptic.io.nifti import write_nifti
 
 from .conftest import lps_geometry
@@ -81,14 +82,72 @@ def test_semantic_map_gets_instances_from_components(oblique_ct, tmp_path):
     """A Decathlon-style semantic label: things become their connected components."""
     path = tmp_path / "semantic.nii.gz"
     write_nifti(path, oblique_ct.pair[0].numpy().astype(np.uint8), oblique_ct.image.affine.numpy())
-    with pytest.raises(InputError, match="label set or thing_classes"):
-        read_panoptic(path)
-    pair, labels = read_panoptic(path, thing_classes=[3])
-    assert labels.thing_ids == [3] and labels.stuff_ids == [1, 2]
+    pair, labels = read_panoptic(path, label_set=oblique_ct.label_set)
+    assert labels == oblique_ct.label_set
     touching_pairs = 1  # 6 lesions with a 0.3 touching fraction: one touching pair
     assert int(pair[1].max()) == oblique_ct.n_instances - touching_pairs
-    pair2, _ = read_panoptic(path, label_set=oblique_ct.label_set)
+    pair2, _ = read_semantic_map(path, oblique_ct.label_set)
     assert torch.equal(pair.as_tensor(), pair2.as_tensor())
+    np.testing.assert_allclose(pair2.affine, oblique_ct.image.affine, atol=1e-5)
+
+
+HOW_TO_GIVE = r"give one: label_set=\.\.\. \(Python\), --labels labels.json \(command line\), or a dataset.json"
+
+
+def test_a_label_map_without_a_label_set_is_refused_not_guessed(oblique_ct, tmp_path):
+    """No "class 3", no stuff-or-thing by whether instances are present: the error says how to give a label set."""
+    path = tmp_path / "semantic.nii.gz"
+    write_nifti(path, oblique_ct.pair[0].numpy().astype(np.uint8), oblique_ct.image.affine.numpy())
+    write_nifti(tmp_path / "inst.nii.gz", oblique_ct.pair[1].numpy().astype(np.uint16), oblique_ct.image.affine.numpy())
+    for call in (lambda: read_panoptic(path), lambda: read_panoptic(path, instance_path=tmp_path / "inst.nii.gz"),
+                 lambda: read_semantic_map(path, None)):
+        with pytest.raises(InputError, match=f"semantic.nii.gz: a label map without a label set: .*; {HOW_TO_GIVE}"):
+            call()
+
+
+def test_thing_classes_must_name_every_class(oblique_ct, tmp_path):
+    label = oblique_ct.pair[0].numpy().astype(np.uint8)
+    path = tmp_path / "semantic.nii.gz"
+    write_nifti(path, label, oblique_ct.image.affine.numpy())
+    with pytest.raises(InputError, match=r"semantic.nii.gz: the label map holds classes \[1, 2\] that thing_classes "
+                                         r"does not name: a stuff class needs a label set"):
+        read_panoptic(path, thing_classes={3: "lesion"})
+    with pytest.raises(InputError, match=r"thing_classes must name each class \(\{class id: name\}"):
+        read_panoptic(path, thing_classes=[1, 2, 3])
+    with pytest.raises(InputError, match="pass label_set or thing_classes, not both"):
+        read_panoptic(path, oblique_ct.label_set, thing_classes={3: "lesion"})
+    lesions_only = tmp_path / "lesions.nii.gz"
+    write_nifti(lesions_only, np.where(label == 3, 3, 0).astype(np.uint8), oblique_ct.image.affine.numpy())
+    pair, labels = read_panoptic(lesions_only, thing_classes={3: "lesion"})
+    assert [(c.id, c.name, c.kind) for c in labels] == [(3, "lesion", "thing")]
+    explicit, _ = read_semantic_map(lesions_only, oblique_ct.label_set)
+    assert torch.equal(pair.as_tensor(), explicit.as_tensor())
+
+
+def test_a_pair_file_or_stem_without_its_json_is_refused(oblique_ct, tmp_path):
+    paths = write_panoptic(oblique_ct.pair, tmp_path / "case", oblique_ct.label_set, single_file=True)
+    alone = tmp_path / "alone.nii.gz"
+    paths["pair"].rename(alone)
+    with pytest.raises(InputError, match=f"alone.nii.gz: a pair file without its label set .*; {HOW_TO_GIVE}"):
+        read_panoptic(alone)
+    pair, labels = read_panoptic(alone, label_set=oblique_ct.label_set)
+    np.testing.assert_array_equal(pair.numpy(), oblique_ct.pair.numpy())
+    paths["json"].unlink()
+    with pytest.raises(InputError, match=f"case_panoptic.json: missing: the result's label set is stored there; {HOW_TO_GIVE}"):
+        read_panoptic(tmp_path / "case")
+    pair, _ = read_panoptic_stem(tmp_path / "case_label.nii.gz", oblique_ct.label_set)
+    np.testing.assert_array_equal(pair.numpy(), oblique_ct.pair.numpy())
+
+
+def test_read_panoptic_stem_reads_a_single_pair_file(oblique_ct, tmp_path):
+    paths = write_panoptic(oblique_ct.pair, tmp_path / "case", oblique_ct.label_set, single_file=True)
+    paths["label"].unlink()
+    paths["instance"].unlink()
+    for name in ("case", "case_pair.nii.gz", "case_panoptic.json"):
+        pair, labels = read_panoptic_stem(tmp_path / name)
+        np.testing.assert_array_equal(pair.numpy(), oblique_ct.pair.numpy())
+        np.testing.assert_allclose(pair.affine, oblique_ct.image.affine, atol=1e-5)
+        assert labels == oblique_ct.label_set and pair.meta["filename_or_obj"] == str(paths["pair"])
 
 
 def test_nothing_half_written(oblique_ct, tmp_path):

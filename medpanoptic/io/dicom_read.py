@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..errors import GeometryError, InputError
-from .geometry import affine_from_plane_stack, check_spacing
+from .geometry import affine_from_plane_stack, check_spacing, to_ijk_order
 from .limits import check_scan_size, truncated
 
 HEADER_TAGS = [
@@ -399,16 +399,23 @@ def _read_native_series(files: Sequence[Path], headers: Sequence[pydicom.Dataset
         stored[k] = plane.reshape(rows, cols)
         if mask:
             stored[k] &= mask
-    return _rescale(stored, slopes, intercepts).transpose(2, 1, 0)
+    return to_ijk_order(rescale(stored, slopes, intercepts))
 
 
-def _rescale(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
-    """Modality LUT (value = stored * slope + intercept per slice), in the smallest exact dtype."""
+def rescale(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """DICOM's modality LUT for planes-first frames (n, rows, columns): value = stored * slope + intercept,
+    one slope and intercept per frame, for classic series and Enhanced files alike.
+
+    Whole-number results keep their exact integers in the smallest type that holds them (the
+    stored type when nothing is added; else int16, int32 or int64 by the range they reach);
+    any other slope or intercept gives float32, as a fraction of a Hounsfield unit needs.
+    """
+    slopes, intercepts = np.asarray(slopes, dtype=float).ravel(), np.asarray(intercepts, dtype=float).ravel()
     if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)):
         if np.all(intercepts == 0):
             return stored
-        low = float(stored.min()) + intercepts.min()
-        high = float(stored.max()) + intercepts.max()
+        low = float(stored.min()) + intercepts.min() if stored.size else 0.0
+        high = float(stored.max()) + intercepts.max() if stored.size else 0.0
         for dtype in (np.int16, np.int32, np.int64):
             if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
                 break
@@ -430,11 +437,11 @@ def _decode_series(files: Sequence[Path], source: Path) -> np.ndarray:
     except RuntimeError:
         _diagnose_pixels(files)
         raise InputError(source, "GDCM could not decode the pixel data of this series") from None
-    voxels = sitk.GetArrayFromImage(image)  # (k, j, i)
+    voxels = sitk.GetArrayFromImage(image)  # (k, j, i): GDCM applied the rescale
     if voxels.ndim != 3 or voxels.shape[0] != len(files):
         _diagnose_pixels(files)
         raise InputError(source, f"decoded {voxels.shape} voxels from {len(files)} files")
-    return voxels.transpose(2, 1, 0)
+    return to_ijk_order(voxels)
 
 
 def _decode_error(path: Path, ds: pydicom.Dataset, error: Exception) -> InputError:
@@ -551,19 +558,10 @@ def read_enhanced(path: Path, header: pydicom.Dataset | None = None, max_bytes: 
         frames = frames[None]
     if frames.ndim != 3 or frames.shape[0] != n:
         raise InputError(path, f"expected {n} single-channel frames, decoded an array of shape {frames.shape}")
-    slopes_a = np.asarray(slopes)[order, None, None]
-    intercepts_a = np.asarray(intercepts)[order, None, None]
-    frames = frames[order]
-    if np.all(slopes_a == 1) and np.all(intercepts_a == np.round(intercepts_a)):
-        values = frames.astype(np.int32 if frames.dtype.itemsize >= 2 else np.int16) + intercepts_a.astype(np.int32)
-        if values.min() >= -32768 and values.max() <= 32767:
-            values = values.astype(np.int16)
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf is refused by read_scan, by name
-            values = frames.astype(np.float32) * slopes_a.astype(np.float32) + intercepts_a.astype(np.float32)
+    values = rescale(frames[order], np.asarray(slopes)[order], np.asarray(intercepts)[order])
     meta = _source_meta([ds], [path], "dicom-enhanced")
     meta["frame_numbers"] = [int(i) + 1 for i in order]  # 1-based frame of each slice k
-    return DicomVolume(values.transpose(2, 1, 0), affine, meta)
+    return DicomVolume(to_ijk_order(values), affine, meta)
 
 
 def read_dicom(path: str | os.PathLike, series_uid: str | None = None, max_bytes: int | None = None) -> DicomVolume:

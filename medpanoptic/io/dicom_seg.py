@@ -29,8 +29,7 @@ from ..errors import GeometryError, InputError
 from ..labels import Code, LabelSet
 from .atomic import atomic_paths
 from .dicom_read import SEG_SOP_CLASSES, is_dicom_file
-from .geometry import LPS_TO_RAS, SLICE_SPACING_TOLERANCE, affine_from_plane_stack
-from .nifti import nifti_order
+from .geometry import SLICE_SPACING_TOLERANCE, affine_from_plane_stack, from_ijk_order, lps_to_ras, ras_to_lps, same_grid, to_ijk_order
 from .scan import make_meta_tensor, read_scan
 from .segments import TRAILING_NUMBER, FoundSegment, Segment, classes_of_segments, label_set_of_segments, pair_from_segments, segment_map
 
@@ -108,7 +107,7 @@ def write_dicom_seg(
     where = str(scan.meta.get("filename_or_obj", source if not isinstance(source, MetaTensor) else "source"))
     if str(scan.meta.get("source_format", "")).split("-")[0] != "dicom":
         raise InputError(where, f"a DICOM SEG needs a DICOM source scan; this one is {scan.meta.get('source_format', 'unknown')}")
-    if tuple(pair.shape[1:]) != tuple(scan.shape[1:]) or not np.allclose(np.asarray(pair.affine), np.asarray(scan.affine), atol=1e-3):
+    if not same_grid(pair.shape[1:], np.asarray(pair.affine), scan.shape[1:], np.asarray(scan.affine)):
         raise GeometryError(where, f"the result {tuple(pair.shape[1:])} is not on the source scan's grid {tuple(scan.shape[1:])}")
     with ThreadPoolExecutor(max_workers=1) as pool:  # the segment map (no GIL) while the headers are parsed
         numbering = pool.submit(segment_map, pair, label_set)
@@ -116,7 +115,7 @@ def write_dicom_seg(
         numbers, segments = numbering.result()
     if not segments:
         raise InputError(where, "the result is empty: a DICOM SEG needs at least one segment")
-    frames = nifti_order(numbers)  # (slice, row, column), slices in source order
+    frames = from_ijk_order(numbers)  # (slice, row, column), slices in source order
     if scan.meta.get("source_format") == "dicom-enhanced":
         frames = frames[np.argsort(scan.meta["frame_numbers"])]  # back to the source's own frame order
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -186,7 +185,7 @@ class _Grid:
 
     @property
     def ras(self) -> np.ndarray:
-        return LPS_TO_RAS @ self.lps
+        return lps_to_ras(self.lps)
 
 
 @dataclass(frozen=True)
@@ -317,7 +316,7 @@ def _reference_grid(seg: pydicom.Dataset, reference: MetaTensor | str | os.PathL
         raise GeometryError(path, f"the SEG's frame of reference {ours} is not that of the reference scan {where} ({theirs})")
     if scan.ndim != 4:
         raise GeometryError(path, f"the reference scan is not a 3D volume (shape {tuple(scan.shape)})")
-    return _Grid(tuple(int(v) for v in scan.shape[1:]), LPS_TO_RAS @ np.asarray(scan.affine, dtype=float))
+    return _Grid(tuple(int(v) for v in scan.shape[1:]), ras_to_lps(scan.affine))
 
 
 def _referenced_slices(seg: pydicom.Dataset, path: Path) -> int:
@@ -362,7 +361,7 @@ def _own_grid(seg: pydicom.Dataset, frames: _Frames, path: Path) -> _Grid:
     if n > 1 and frames.slice_spacing and abs(step - frames.slice_spacing) > SLICE_SPACING_TOLERANCE * step + 1e-3:
         raise GeometryError(path, f"SpacingBetweenSlices is {frames.slice_spacing:g} mm but the frames lie {step:g} mm apart")
     shape = (int(seg.Columns), int(seg.Rows), n)
-    return _Grid(shape, LPS_TO_RAS @ affine)
+    return _Grid(shape, ras_to_lps(affine))
 
 
 def _slice_of_each_frame(frames: _Frames, grid: _Grid, rows_columns: tuple[int, int], path: Path) -> np.ndarray:
@@ -418,7 +417,7 @@ def _place_frames(seg: hd.seg.Segmentation, frames: _Frames, slices: np.ndarray,
             raise InputError(path, f"segments {a} '{_label_of(seg, a)}' and {b} '{_label_of(seg, b)}' overlap "
                                    f"(slice {slices[f]}): pass overlap='first' or 'largest' to resolve them")
         np.copyto(plane, values, where=(values > 0) & (plane == 0))
-    return np.ascontiguousarray(numbers.transpose(2, 1, 0))
+    return np.ascontiguousarray(to_ijk_order(numbers))
 
 
 def _frame_values(seg: hd.seg.Segmentation, frames: _Frames, fractional_threshold: float | None, path: Path) -> np.ndarray:

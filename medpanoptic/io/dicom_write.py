@@ -13,7 +13,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ..errors import InputError
 from .atomic import atomic_paths
-from .geometry import dicom_planes_from_affine
+from .geometry import dicom_planes_from_affine, from_ijk_order
 
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -106,7 +106,7 @@ def write_dicom_series(
             position = first + k * step
             ds.ImagePositionPatient = [f"{v:.10g}" for v in position]
             ds.SliceLocation = f"{float(position @ normal):.10g}"
-            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+            ds.PixelData = from_ijk_order(stored[:, :, k]).tobytes()  # rows x columns
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = CTImageStorage
             meta.MediaStorageSOPInstanceUID = sop_uid

@@ -2,9 +2,10 @@
 
 Conventions:
 - Arrays are indexed (i, j, k) = (column, row, slice), as MONAI and NIfTI do; SimpleITK's
-  numpy views are (k, j, i) and are transposed here, nowhere else.
-- `MetaTensor.affine` maps (i, j, k, 1) to RAS millimetres. DICOM and ITK speak LPS: the
-  conversion is `LPS_TO_RAS`, applied in this module only.
+  numpy views, DICOM frames, NIfTI and NRRD bytes are (k, j, i) ("planes first"): every
+  reader and writer crosses between the two with `to_ijk_order` / `from_ijk_order`, nowhere else.
+- `MetaTensor.affine` maps (i, j, k, 1) to RAS millimetres. DICOM and ITK speak LPS: every
+  conversion goes through `ras_to_lps` / `lps_to_ras` / `voxel_to_lps`, defined here only.
 - Affines are always 4x4, for 2D images too (the third axis is a unit normal), so that a 2D
   pixel (i, j) still has a patient position (i, j, 0).
 """
@@ -22,6 +23,67 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 ORTHONORMAL_TOLERANCE = 1e-4
 
+GRID_TOLERANCE = 1e-3
+"""How far (in voxels of the finer grid) any voxel centre may move between two affines that
+`same_grid` still calls one grid. Relative to the voxel size, so a microscopy grid of 0.25 µm
+pixels is judged as strictly as a CT grid of 1 mm voxels (an absolute 1e-3 mm would be four
+pixels there); a thousandth of a voxel at the grid's far corner is invisible, and still more
+than ten times the float32 rounding of a NIfTI header (about 1e-7 of the origin's distance)."""
+
+
+def ras_to_lps(affine: np.ndarray) -> np.ndarray:
+    """The 4x4 LPS affine (DICOM's, ITK's) of a 4x4 RAS affine (MONAI's, NIfTI's)."""
+    return LPS_TO_RAS @ np.asarray(affine, dtype=float)
+
+
+def lps_to_ras(affine: np.ndarray) -> np.ndarray:
+    """The 4x4 RAS affine of a 4x4 LPS affine (the flip is its own inverse)."""
+    return LPS_TO_RAS @ np.asarray(affine, dtype=float)
+
+
+def to_ijk_order(voxels: np.ndarray) -> np.ndarray:
+    """A view of planes-first voxels (k, j, i) — SimpleITK's, DICOM frames', NIfTI's byte order —
+    indexed (i, j, k). A trailing component axis (k, j, i, c) comes first: (c, i, j, k)."""
+    return np.asarray(voxels).T
+
+
+def from_ijk_order(array: np.ndarray) -> np.ndarray:
+    """The voxels of an (i, j[, k]) array as a C-contiguous planes-first (k, j, i) array; a channel-first
+    (c, i, j, k) array becomes (k, j, i, c). The inverse of `to_ijk_order`.
+
+    Free for arrays already in that layout (what ITK and nibabel readers return). Otherwise a
+    3D array is transposed one j-plane at a time: each plane's source rows are contiguous, so
+    the copy stays in cache (several times faster than a whole-volume transpose).
+    """
+    array = np.asarray(array)
+    if array.flags.f_contiguous:
+        return array.T
+    if array.ndim != 3:
+        return np.ascontiguousarray(array.T)
+    # one thread per plane copy: the writers already run maps side by side, and a multi-threaded
+    # copy per plane (torch's) waits on a barrier 512 times, ten times slower on a loaded machine
+    out = np.empty(array.shape[::-1], dtype=array.dtype)
+    for j in range(array.shape[1]):
+        out[:, j, :] = array[:, j, :].T
+    return out
+
+
+def same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[int], affine_b: np.ndarray) -> bool:
+    """Whether two grids put every voxel at the same patient position, within `GRID_TOLERANCE` voxels.
+
+    The shapes are spatial, (i, j[, k]); the largest displacement between the two affines over
+    the grid lies at one of its corners, so the origin and each axis' full extent bound it.
+    """
+    if tuple(int(s) for s in shape_a) != tuple(int(s) for s in shape_b):
+        return False
+    ndim = len(shape_a)
+    a, b = np.asarray(affine_a, dtype=float), np.asarray(affine_b, dtype=float)
+    extent = np.maximum(np.asarray(shape_a, dtype=float) - 1, 0)
+    axis_drift = np.linalg.norm(a[:3, :ndim] - b[:3, :ndim], axis=0) @ extent
+    drift = float(np.linalg.norm(a[:3, 3] - b[:3, 3]) + axis_drift)
+    voxel = float(min(spacing_from_affine(a, ndim).min(), spacing_from_affine(b, ndim).min()))
+    return drift <= GRID_TOLERANCE * voxel
+
 
 def affine_from_lps(origin: Sequence[float], spacing: Sequence[float], direction: Sequence[float]) -> np.ndarray:
     """RAS affine (4x4) from an ITK/DICOM-style LPS origin, spacing and row-major direction matrix."""
@@ -31,12 +93,12 @@ def affine_from_lps(origin: Sequence[float], spacing: Sequence[float], direction
     lps = np.eye(4)
     lps[:n, :n] = np.asarray(direction, dtype=float).reshape(n, n) * np.asarray(spacing, dtype=float)
     lps[:n, 3] = origin
-    return LPS_TO_RAS @ lps
+    return lps_to_ras(lps)
 
 
 def lps_from_affine(affine: np.ndarray, ndim: int) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """(origin, spacing, row-major direction) in LPS for an `ndim`-D image with a 4x4 RAS affine."""
-    lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
+    lps = ras_to_lps(affine)
     if ndim == 2 and (np.abs(lps[2, :2]).max() > 1e-6 or np.abs(lps[:2, 2]).max() > 1e-6):
         raise GeometryError(None, "a 2D image's affine must keep its plane in x-y to be written by ITK")
     m = lps[:ndim, :ndim]
@@ -70,7 +132,7 @@ def ras_to_voxel(affine: np.ndarray, ras: np.ndarray, ndim: int = 3) -> np.ndarr
 
 def voxel_to_lps(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
     """Patient LPS mm (DICOM's frame) of voxel indices `ijk`."""
-    return voxel_to_ras(affine, ijk) * np.array([-1.0, -1.0, 1.0])
+    return voxel_to_ras(affine, ijk) @ LPS_TO_RAS[:3, :3]
 
 
 def check_orthonormal(direction: np.ndarray, source: str | None = None) -> None:
@@ -117,12 +179,12 @@ def affine_from_dicom_planes(
     lps[:3, 1] = col_cos * float(pixel_spacing[0])
     lps[:3, 2] = np.asarray(slice_step, dtype=float)
     lps[:3, 3] = np.asarray(first_position, dtype=float)
-    return LPS_TO_RAS @ lps
+    return lps_to_ras(lps)
 
 
 def dicom_planes_from_affine(affine: np.ndarray) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
     """(ImageOrientationPatient, PixelSpacing, first ImagePositionPatient, LPS slice step) of a RAS affine."""
-    lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
+    lps = ras_to_lps(affine)
     col_step, row_step = lps[:3, 0], lps[:3, 1]
     dx, dy = float(np.linalg.norm(col_step)), float(np.linalg.norm(row_step))
     orientation = np.concatenate([col_step / dx, row_step / dy]).tolist()

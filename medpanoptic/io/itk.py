@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import affine_from_lps, check_orthonormal, lps_from_affine
+from .geometry import affine_from_lps, check_orthonormal, from_ijk_order, lps_from_affine, to_ijk_order
 
 
 def array_from_sitk(image: sitk.Image, source: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -18,24 +18,15 @@ def array_from_sitk(image: sitk.Image, source: str | None = None) -> tuple[np.nd
     check_orthonormal(direction, source)
     affine = affine_from_lps(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     voxels = sitk.GetArrayFromImage(image)  # (k, j, i[, c])
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        array = np.moveaxis(voxels, -1, 0)  # (c, k, j, i)
-        array = array.transpose(0, *range(ndim, 0, -1))
-    else:
-        array = voxels.transpose(*range(ndim - 1, -1, -1))[None]
-    return array, affine
+    array = to_ijk_order(voxels)  # (c, i, j, k) or (i, j, k)
+    return (array if image.GetNumberOfComponentsPerPixel() > 1 else array[None]), affine
 
 
 def sitk_from_array(array: np.ndarray, affine: np.ndarray, vector: bool = False) -> sitk.Image:
     """SimpleITK image of a spatial array (i, j[, k]), or with `vector` a channel-first one, on `affine`."""
     array = np.asarray(array)
-    if vector:
-        ndim = array.ndim - 1
-        voxels = np.ascontiguousarray(np.moveaxis(array, 0, -1).transpose(*range(ndim - 1, -1, -1), ndim))
-    else:
-        ndim = array.ndim
-        voxels = np.ascontiguousarray(array.transpose(*range(ndim - 1, -1, -1)))
-    image = sitk.GetImageFromArray(voxels, isVector=vector)
+    ndim = array.ndim - 1 if vector else array.ndim
+    image = sitk.GetImageFromArray(from_ijk_order(array), isVector=vector)  # (k, j, i[, c])
     origin, spacing, direction = lps_from_affine(affine, ndim)
     image.SetOrigin(origin)
     image.SetSpacing(spacing)

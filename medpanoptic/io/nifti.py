@@ -19,6 +19,8 @@ import numpy as np
 from isal import igzip
 from nibabel import imageglobals
 
+from .geometry import from_ijk_order
+
 NIFTI_INTENT_LABEL = 1002
 NIFTI_INTENT_VECTOR = 1007
 VOX_OFFSET = 352  # 348-byte header + 4-byte empty extension flag
@@ -60,26 +62,7 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, 
         f.write(header.binaryblock)
         f.write(b"\x00" * (VOX_OFFSET - len(header.binaryblock)))
         for component in ([array[c] for c in range(array.shape[0])] if vector else [array]):
-            f.write(memoryview(nifti_order(component)).cast("B"))
-
-
-def nifti_order(array: np.ndarray) -> np.ndarray:
-    """The voxels of an (i, j[, k]) array as a C-contiguous (k, j, i) array: NIfTI's byte order.
-
-    Free for arrays already in that layout (what ITK and nibabel readers return). Otherwise
-    transposed one j-plane at a time: each plane's source rows are contiguous, so the copy
-    stays in cache (several times faster than a whole-volume transpose).
-    """
-    if array.flags.f_contiguous:
-        return array.T
-    if array.ndim < 3:
-        return np.ascontiguousarray(array.T)
-    # one thread per plane copy: the writers already run maps side by side, and a multi-threaded
-    # copy per plane (torch's) waits on a barrier 512 times, ten times slower on a loaded machine
-    out = np.empty(array.shape[::-1], dtype=array.dtype)
-    for j in range(array.shape[1]):
-        out[:, j, :] = array[:, j, :].T
-    return out
+            f.write(memoryview(from_ijk_order(component)).cast("B"))
 
 
 def read_nifti(

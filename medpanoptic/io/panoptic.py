@@ -11,7 +11,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,6 +22,7 @@ from ..errors import GeometryError, InputError, LabelSetError, PanopticError
 from ..labels import LabelSet
 from ..pair import INSTANCE, LABEL, check_pair, instance_summary, instances_from_semantic
 from .atomic import atomic_paths
+from .geometry import from_ijk_order, same_grid
 from .itk import array_from_sitk
 from .nifti import read_nifti, write_nifti
 from .scan import make_meta_tensor
@@ -123,7 +124,7 @@ def write_tiff_maps(pair: torch.Tensor, stem: str | os.PathLike) -> dict[str, Pa
         for tmp, values in ((label_tmp, arr[LABEL]), (instance_tmp, arr[INSTANCE])):
             high = int(values.max()) if values.size else 0
             dtype = np.uint16 if high <= np.iinfo(np.uint16).max else _smallest_uint(high)
-            tifffile.imwrite(tmp, np.ascontiguousarray(values.transpose().astype(dtype)), compression="zlib")
+            tifffile.imwrite(tmp, from_ijk_order(values.astype(dtype)), compression="zlib")
     return paths
 
 
@@ -156,14 +157,19 @@ def _read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _same_grid(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], path: Path) -> None:
-    if a[0].shape[1:] != b[0].shape[1:] or not np.allclose(a[1], b[1], atol=1e-4):
+    if not same_grid(a[0].shape[1:], a[1], b[0].shape[1:], b[1]):
         raise GeometryError(path, "the label map and the instance map are not on the same grid")
+
+
+LABEL_SET_HINT = ("give one: label_set=... (Python), --labels labels.json (command line), or a dataset.json "
+                  "with a medpanoptic label set beside the data")
+"""How to give a label set, said by every reader that refuses to guess one."""
 
 
 def read_panoptic(
     path: str | os.PathLike,
     label_set: LabelSet | None = None,
-    thing_classes: Iterable[int] | None = None,
+    thing_classes: Mapping[int, str] | None = None,
     connectivity: int | None = None,
     instance_path: str | os.PathLike | None = None,
     segment_mapping: dict[str, int] | None = None,
@@ -172,85 +178,182 @@ def read_panoptic(
     fractional_threshold: float | None = None,
     overlap: str = "error",
 ) -> tuple[MetaTensor, LabelSet]:
-    """Read a panoptic result back as (pair MetaTensor, LabelSet).
+    """Read a panoptic result back as (pair MetaTensor, LabelSet), by what the file is.
 
-    `path` may be a stem written by `write_panoptic` (or any of its files), a two-component
-    pair file, or a single semantic label map. For a semantic map the instances come from
-    `instance_path` when given (e.g. a dataset's `instancesTr/` map), else from connected
-    components of the thing classes (full connectivity unless `connectivity` says otherwise)
-    — the Decathlon case. The thing classes come from `label_set` or `thing_classes`.
+    - a result `write_panoptic` wrote (its stem or any of its files): `read_panoptic_stem`;
+    - a DICOM SEG (known by its content, whatever its name) or a Slicer `.seg.nrrd`:
+      `read_viewer_segmentation` (`segment_mapping`, `reference`, `fractional_threshold`, `overlap`);
+    - a semantic label map, with `instance_path` or connected components for its instances:
+      `read_semantic_map` (`connectivity`);
+    - any other two-component pair file: label in component 0, instance in component 1.
 
-    A DICOM SEG (known by its content, whatever its name) or a Slicer `.seg.nrrd` (ours, or
-    made by dcmqi, Slicer, ...) is mapped to (label, instance) through `label_set`: by
-    `segment_mapping` (segment name -> class id, 0 for background), else the coded segment
-    type, else the segment name. Without a label set, the classes are the ones the segments
-    state, with their codes (`segments.label_set_of_segments`; refused when a segment does not
-    say whether it is stuff or thing). A DICOM SEG is read onto the full grid of the series it
-    segments: the `reference` scan's (its source series, or a `read_scan` result) when given,
-    else the grid the SEG records (refused, with the reason, when it omits empty frames).
-    `fractional_threshold` and `overlap` are for FRACTIONAL and overlapping SEGs (see
-    `read_dicom_seg`).
+    Nothing is guessed: the label set is `label_set`, else the one stored with the result
+    (its JSON, the segments' own descriptions); a file that stores none is refused with an
+    `InputError` that says how to give one. `thing_classes` ({class id: name}) is a shorthand
+    for a label map whose classes are all things: it must name every class the map holds.
     """
     path = Path(path)
-    if path.name.endswith(".seg.nrrd") or path.is_file():
-        from .dicom_seg import dicom_seg_label_set, is_dicom_seg, read_dicom_seg
-        from .seg_nrrd import read_seg_nrrd, seg_nrrd_label_set
-
-        nrrd = path.name.endswith(".seg.nrrd")
-        if nrrd or is_dicom_seg(path):
-            if label_set is None:  # the classes (names, codes, colours) the file's segments state
-                label_set = seg_nrrd_label_set(path) if nrrd else dicom_seg_label_set(path)
-            if nrrd:
-                return _checked(read_seg_nrrd(path, label_set, segment_mapping), label_set, path)
-            pair = read_dicom_seg(path, label_set, segment_mapping, reference=reference,
-                                  fractional_threshold=fractional_threshold, overlap=overlap)
-            return _checked(pair, label_set, path)
-    for key, suffix in SUFFIXES.items():
-        if path.name.endswith(suffix) and key != "pair":
-            path = Path(str(path)[: -len(suffix)])
-            break
-    paths = panoptic_paths(path)
-    if paths["label"].exists():
-        return _read_stem(paths, label_set)
+    if is_viewer_segmentation(path):
+        return read_viewer_segmentation(path, label_set, segment_mapping, reference=reference,
+                                        fractional_threshold=fractional_threshold, overlap=overlap)
+    if _written_stem(path) is not None:
+        return read_panoptic_stem(path, label_set)
     if not path.exists():
         raise InputError(path, "no such panoptic result (expected this file or <stem>_label.nii.gz)")
     array, affine = _read_map(path)
     if array.shape[0] == 2:
         pair = make_meta_tensor(array, affine, {"filename_or_obj": str(path)})
-        label_set = label_set or _label_set_beside(path) or _guess_label_set(array[LABEL], array[INSTANCE])
+        label_set = _given_or_refused(label_set or _label_set_beside(path), path,
+                                      f"a pair file without its label set (no {SUFFIXES['json']} beside it)")
         return _checked(pair, label_set, path)
+    if thing_classes is not None:
+        if label_set is not None:
+            raise InputError(path, "pass label_set or thing_classes, not both")
+        label_set = label_set_of_thing_classes(thing_classes, array, path)
+    return _semantic_pair(array, affine, path, label_set, instance_path, connectivity)
+
+
+def read_panoptic_stem(stem: str | os.PathLike, label_set: LabelSet | None = None) -> tuple[MetaTensor, LabelSet]:
+    """What `write_panoptic` wrote, named by its stem or any of its files: the label and instance
+    maps (or the single pair file) with the label set and source identity of its JSON.
+
+    `label_set` overrides the stored one; without either the result is refused.
+    """
+    paths = panoptic_paths(_written_stem(Path(stem)) or Path(stem))
+    if label_set is None:
+        label_set = _given_or_refused(_label_set_beside(paths["json"]), paths["json"],
+                                      "missing: the result's label set is stored there")
+    identity = _identity_beside(paths["json"])
+    if paths["label"].exists():
+        label = _read_map(paths["label"])
+        if not paths["instance"].exists():
+            raise InputError(paths["instance"], "missing: a panoptic result needs its instance map beside the label map")
+        instance = _read_map(paths["instance"])
+        _same_grid(label, instance, paths["instance"])
+        data, affine, where = np.concatenate([label[0], instance[0]]).astype(np.int32), label[1], paths["label"]
+    elif paths["pair"].exists():
+        (data, affine), where = _read_map(paths["pair"]), paths["pair"]
+        if data.shape[0] != 2:
+            raise InputError(where, f"a pair file needs two components (label, instance), found {data.shape[0]}")
+    else:
+        raise InputError(paths["label"], "no such panoptic result (expected this file or <stem>_pair.nii.gz)")
+    pair = make_meta_tensor(data, affine, {"filename_or_obj": str(where), **identity})
+    return _checked(pair, label_set, where)
+
+
+def read_semantic_map(
+    path: str | os.PathLike,
+    label_set: LabelSet,
+    instance_path: str | os.PathLike | None = None,
+    connectivity: int | None = None,
+) -> tuple[MetaTensor, LabelSet]:
+    """A Decathlon-style semantic label map and its label set as a pair.
+
+    The instances come from `instance_path` (e.g. a dataset's `instancesTr/` map, on the same
+    grid) when given, else from connected components of the label set's thing classes (full
+    connectivity unless `connectivity` says otherwise). The label set is required: a label
+    map says neither what its classes are called nor which of them are things.
+    """
+    path = Path(path)
+    array, affine = _read_map(path)
     if array.shape[0] != 1:
-        raise InputError(path, f"expected a label map or a two-component pair, found {array.shape[0]} components")
+        raise InputError(path, f"expected a label map (one component), found {array.shape[0]} components")
+    return _semantic_pair(array, affine, path, label_set, instance_path, connectivity)
+
+
+def read_viewer_segmentation(
+    path: str | os.PathLike,
+    label_set: LabelSet | None = None,
+    segment_mapping: dict[str, int] | None = None,
+    *,
+    reference: MetaTensor | str | os.PathLike | None = None,
+    fractional_threshold: float | None = None,
+    overlap: str = "error",
+) -> tuple[MetaTensor, LabelSet]:
+    """A DICOM SEG or a Slicer `.seg.nrrd` (ours, or made by dcmqi, Slicer, ...) as a pair.
+
+    Segments map to (label, instance) through `label_set`: by `segment_mapping` (segment name
+    -> class id, 0 for background), else the coded segment type, else the segment name.
+    Without a label set, the classes are the ones the segments state, with their codes
+    (`segments.label_set_of_segments`, which refuses a segment that does not say whether it
+    is stuff or thing). A DICOM SEG is read onto the full grid of the series it segments: the
+    `reference` scan's (its source series, or a `read_scan` result) when given, else the grid
+    the SEG records (refused, with the reason, when it omits empty frames).
+    `fractional_threshold` and `overlap` are for FRACTIONAL and overlapping SEGs (see
+    `read_dicom_seg`).
+    """
+    from .dicom_seg import dicom_seg_label_set, read_dicom_seg
+    from .seg_nrrd import read_seg_nrrd, seg_nrrd_label_set
+
+    path = Path(path)
+    nrrd = path.name.endswith(".seg.nrrd")
+    if label_set is None:  # the classes (names, codes, colours) the file's segments state
+        label_set = seg_nrrd_label_set(path) if nrrd else dicom_seg_label_set(path)
+    if nrrd:
+        return _checked(read_seg_nrrd(path, label_set, segment_mapping), label_set, path)
+    pair = read_dicom_seg(path, label_set, segment_mapping, reference=reference,
+                          fractional_threshold=fractional_threshold, overlap=overlap)  # type: ignore[arg-type]
+    return _checked(pair, label_set, path)
+
+
+def is_viewer_segmentation(path: Path) -> bool:
+    """Whether `path` is a Slicer `.seg.nrrd` (by name) or a DICOM SEG (by content)."""
+    from .dicom_seg import is_dicom_seg
+
+    return path.name.endswith(".seg.nrrd") or (path.is_file() and is_dicom_seg(path))
+
+
+def label_set_of_thing_classes(thing_classes: Mapping[int, str], label_map: np.ndarray, path: Path) -> LabelSet:
+    """The explicit label set `thing_classes` ({class id: name}, every class a thing) stands for;
+    refused unless it names every class present in `label_map`."""
+    from ..labels import PALETTE, LabelClass
+
+    if not isinstance(thing_classes, Mapping):
+        raise InputError(path, "thing_classes must name each class ({class id: name}, e.g. {1: 'nucleus'}); "
+                               f"for classes without names {LABEL_SET_HINT}")
+    present = {int(v) for v in np.unique(label_map) if v != 0}
+    unnamed = sorted(present - {int(c) for c in thing_classes})
+    if unnamed:
+        raise InputError(path, f"the label map holds classes {unnamed} that thing_classes does not name: a stuff "
+                               f"class needs a label set; {LABEL_SET_HINT}")
+    try:
+        return LabelSet(tuple(LabelClass(int(i), str(name), "thing", PALETTE[(int(i) - 1) % len(PALETTE)])
+                              for i, name in sorted(thing_classes.items())))
+    except LabelSetError as e:
+        raise InputError(path, f"thing_classes is not a valid label set: {e}") from None
+
+
+def _semantic_pair(array: np.ndarray, affine: np.ndarray, path: Path, label_set: LabelSet | None,
+                   instance_path: str | os.PathLike | None, connectivity: int | None) -> tuple[MetaTensor, LabelSet]:
+    """The pair of a loaded one-component label map: instances from `instance_path` or connected components."""
+    label_set = _given_or_refused(label_set, path, "a label map without a label set: the file says neither what "
+                                                   "its classes are called nor which of them are things")
     label = array[0]
     if instance_path is not None:
         instance_map = _read_map(Path(instance_path))
         _same_grid((array, affine), instance_map, Path(instance_path))
-        label_set = label_set or _guess_label_set(label, instance_map[0][0], thing_classes)
-        pair = make_meta_tensor(np.stack([label, instance_map[0][0]]).astype(np.int32), affine, {"filename_or_obj": str(path)})
-        return _checked(pair, label_set, path)
-    if label_set is None:
-        if thing_classes is None:
-            raise InputError(path, "a semantic label map needs a label set or thing_classes to know which classes are things")
-        label_set = _guess_label_set(label, None, thing_classes)
-    instance = instances_from_semantic(label, label_set.thing_ids, connectivity)
-    pair = make_meta_tensor(np.stack([label.astype(np.int32), instance]), affine, {"filename_or_obj": str(path)})
+        instance = instance_map[0][0]
+    else:
+        instance = instances_from_semantic(label, label_set.thing_ids, connectivity)
+    pair = make_meta_tensor(np.stack([label, instance]).astype(np.int32), affine, {"filename_or_obj": str(path)})
     return _checked(pair, label_set, path)
 
 
-def _read_stem(paths: dict[str, Path], label_set: LabelSet | None) -> tuple[MetaTensor, LabelSet]:
-    label = _read_map(paths["label"])
-    if not paths["instance"].exists():
-        raise InputError(paths["instance"], "missing: a panoptic result needs its instance map beside the label map")
-    instance = _read_map(paths["instance"])
-    _same_grid(label, instance, paths["instance"])
+def _given_or_refused(label_set: LabelSet | None, path: Path, problem: str) -> LabelSet:
+    """`label_set`, or the `InputError` that names the file, the problem and how to give one."""
     if label_set is None:
-        label_set = _label_set_beside(paths["json"])
-        if label_set is None:
-            raise InputError(paths["json"], "missing: pass label_set explicitly")
-    data = np.concatenate([label[0], instance[0]]).astype(np.int32)
-    identity = _identity_beside(paths["json"])
-    pair = make_meta_tensor(data, label[1], {"filename_or_obj": str(paths["label"]), **identity})
-    return _checked(pair, label_set, paths["label"])
+        raise InputError(path, f"{problem}; {LABEL_SET_HINT}")
+    return label_set
+
+
+def _written_stem(path: Path) -> Path | None:
+    """The stem of a result `write_panoptic` wrote, when `path` is that stem or one of its files."""
+    for suffix in SUFFIXES.values():
+        if path.name.endswith(suffix):
+            path = Path(str(path)[: -len(suffix)])
+            break
+    paths = panoptic_paths(path)
+    return path if paths["label"].exists() or paths["pair"].exists() else None
 
 
 def _label_set_beside(path: Path) -> LabelSet | None:
@@ -284,22 +387,6 @@ def _identity_beside(json_path: Path) -> dict[str, str]:
     if not isinstance(recorded, dict):
         raise InputError(json_path, "source_identity must be an object")
     return source_identity(recorded)
-
-
-def _guess_label_set(label: np.ndarray, instance: np.ndarray | None, thing_classes: Iterable[int] | None = None) -> LabelSet:
-    """A label set for ids found on disk: things are the given classes, or those carrying instance ids."""
-    from ..labels import PALETTE, LabelClass
-
-    ids = [int(v) for v in np.unique(label) if v != 0]
-    if thing_classes is not None:
-        things = {int(c) for c in thing_classes}
-    else:
-        things = {int(v) for v in np.unique(label[instance > 0])} if instance is not None else set()
-    classes = tuple(
-        LabelClass(i, f"class {i}", "thing" if i in things else "stuff", PALETTE[(i - 1) % len(PALETTE)])
-        for i in sorted(set(ids) | things)
-    )
-    return LabelSet(classes)
 
 
 def _checked(pair: MetaTensor, label_set: LabelSet, path: Path) -> tuple[MetaTensor, LabelSet]:

@@ -22,8 +22,7 @@ import slicerio
 from ..errors import InputError
 from ..labels import Code, LabelSet
 from .atomic import atomic_paths
-from .geometry import LPS_TO_RAS
-from .nifti import nifti_order
+from .geometry import from_ijk_order, lps_to_ras, ras_to_lps, to_ijk_order
 from .scan import make_meta_tensor
 from .segments import FoundSegment, Segment, classes_of_segments, label_set_of_segments, pair_from_segments, segment_map
 
@@ -69,12 +68,12 @@ def codes_of_terminology(entry: dict | None, decode=str) -> dict[str, Code]:
 def write_seg_nrrd(pair, label_set: LabelSet, path: str | os.PathLike, compression_level: int = 1) -> Path:
     """Write a pair as a Slicer segmentation (one layer; segment numbers as label values)."""
     numbers, segments = segment_map(pair, label_set)
-    ijk_to_lps = LPS_TO_RAS @ np.asarray(pair.affine, dtype=float)
+    ijk_to_lps = ras_to_lps(pair.affine)
     if numbers.ndim == 2:
         numbers = numbers[:, :, None]
     document = {
-        # NRRD stores the first index fastest: hand over an array already in that layout
-        "voxels": nifti_order(numbers).T,
+        # NRRD stores the first index fastest: hand over an (i, j, k) view of planes-first voxels
+        "voxels": to_ijk_order(from_ijk_order(numbers)),
         "ijkToLPS": ijk_to_lps,
         "encoding": "gzip",
         "containedRepresentationNames": ["Binary labelmap"],
@@ -105,7 +104,7 @@ def read_seg_nrrd(path: str | os.PathLike, label_set: LabelSet, mapping: dict[st
         raise InputError(path, "overlapping segments (several layers) cannot form one panoptic result")
     specs = classes_of_segments(_found(seg, path), label_set, mapping, str(path))
     pair = pair_from_segments(voxels.astype(np.int64), specs)
-    affine = LPS_TO_RAS @ np.asarray(seg["ijkToLPS"], dtype=float)
+    affine = lps_to_ras(seg["ijkToLPS"])
     return make_meta_tensor(pair.astype(np.int32), affine, {"filename_or_obj": str(path), "source_format": "seg.nrrd"})
 
 

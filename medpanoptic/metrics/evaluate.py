@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 
-from ..errors import GeometryError, InputError, MedPanopticError
-from ..io.geometry import spacing_from_affine
+from ..errors import GeometryError, InputError, LabelSetError, MedPanopticError
+from ..io.geometry import same_grid, spacing_from_affine
 from ..io.panoptic import SUFFIXES, read_panoptic
 from ..labels import LabelSet
 from .lesions import LesionEvaluation, lesion_metrics
@@ -96,7 +95,7 @@ def _read(case: CaseFiles, label_set: LabelSet | None, reference=None):
 class EvaluationReport:
     """Per-case rows, per-instance rows and dataset-level results of one evaluation run."""
 
-    label_set: LabelSet
+    label_set: LabelSet | None  # None only when no case could be read
     cases: list[dict] = field(default_factory=list)
     instances: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
@@ -177,6 +176,11 @@ def evaluate_folders(
 ) -> EvaluationReport:
     """Evaluate every case present in both folders (or only `cases`); cases that fail to read become error rows.
 
+    Every case is read with `label_set`, else the ground truth's `dataset.json` label set, else
+    the one stored with that case (its result JSON or its segments): cases whose stored label
+    sets differ are refused (`LabelSetError` naming both), and a label map that stores none is
+    an error row that says how to give one.
+
     `sources` is a folder of the source scans, `<sources>/<case>` (a DICOM series folder or file):
     DICOM SEGs, which omit their empty frames, are read onto that scan's grid. Without it a
     predicted SEG is read onto the ground truth's grid.
@@ -199,13 +203,20 @@ def evaluate_folders(
     extra = sorted(set(predictions) - set(truths))
     rows, instance_rows, errors, per_image = [], [], [], []
     total_quality = total_lesions = None
+    stored_by: str | None = None  # without a given label set: the first case whose stored one the others must share
     for name in tqdm(common, desc="evaluating", unit="case", disable=not progress or None):
+        source = Path(sources) / name if sources is not None and (Path(sources) / name).exists() else None
         try:
-            source = Path(sources) / name if sources is not None and (Path(sources) / name).exists() else None
-            gt, labels = _read(truths[name], label_set, source)
-            label_set = label_set or labels
+            gt, labels = _read(truths[name], label_set if stored_by is None else None, source)
+        except MedPanopticError as e:
+            errors.append({"case": name, "error": str(e)})
+            continue
+        if label_set is None or stored_by is not None:
+            stored_by = stored_by or name
+            label_set = _same_label_set(label_set, labels, truths[stored_by], stored_by, truths[name], name)
+        try:
             pred, _ = _read(predictions[name], label_set, source if source is not None else gt)
-            if pred.shape != gt.shape or not np.allclose(pred.affine.numpy(), gt.affine.numpy(), atol=1e-3):
+            if not same_grid(pred.shape[1:], pred.affine.numpy(), gt.shape[1:], gt.affine.numpy()):
                 raise GeometryError(predictions[name].path, f"prediction grid {tuple(pred.shape[1:])} does not match the ground truth's {tuple(gt.shape[1:])} (or its affine differs)")
             spacing = spacing_from_affine(gt.affine.numpy(), gt.ndim - 1)
             quality = panoptic_quality(pred, gt, label_set, void_label=void_label, iou_threshold=iou_threshold)
@@ -223,8 +234,23 @@ def evaluate_folders(
             row.update({f"{k}_{c['class']}": c[k] for k in ("tp", "fp", "fn", "f1")})
         rows.append(row)
         instance_rows += [{"case": name, **r} for r in lesions.instances]
-    return EvaluationReport(label_set or LabelSet.from_names(stuff=["unknown"]), rows, instance_rows, errors,
-                            missing, extra, total_quality, total_lesions, per_image)
+    return EvaluationReport(label_set, rows, instance_rows, errors, missing, extra, total_quality, total_lesions, per_image)
+
+
+def _same_label_set(first: LabelSet | None, this: LabelSet, first_case: CaseFiles, first_name: str,
+                    case: CaseFiles, name: str) -> LabelSet:
+    """The label set every case shares when none is given: each case's own must equal the first one's,
+    since one dataset-level PQ cannot add up classes that mean different things in different cases."""
+    if first is None or this == first:
+        return this
+    raise LabelSetError(
+        f"cases '{first_name}' ({first_case.path}) and '{name}' ({case.path}) store different label sets "
+        f"({_classes(first)} vs {_classes(this)}): pass the dataset's label set (label_set=..., --labels labels.json)"
+    )
+
+
+def _classes(label_set: LabelSet) -> str:
+    return ", ".join(f"{c.id} {c.name} ({c.kind})" for c in label_set)
 
 
 def format_summary(report: EvaluationReport) -> str:
