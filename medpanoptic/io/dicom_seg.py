@@ -109,13 +109,12 @@ def write_dicom_seg(
         raise InputError(where, f"a DICOM SEG needs a DICOM source scan; this one is {scan.meta.get('source_format', 'unknown')}")
     if not same_grid(pair.shape[1:], np.asarray(pair.affine), scan.shape[1:], np.asarray(scan.affine)):
         raise GeometryError(where, f"the result {tuple(pair.shape[1:])} is not on the source scan's grid {tuple(scan.shape[1:])}")
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the segment map (no GIL) while the headers are parsed
-        numbering = pool.submit(segment_map, pair, label_set)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # segment map and frame order (no GIL) while the headers are parsed
+        numbering = pool.submit(_frames_and_segments, pair, label_set)
         datasets = [_as_highdicom_source(pydicom.dcmread(f, stop_before_pixels=True), f) for f in scan.meta["source_files"]]
-        numbers, segments = numbering.result()
+        frames, segments = numbering.result()
     if not segments:
         raise InputError(where, "the result is empty: a DICOM SEG needs at least one segment")
-    frames = from_ijk_order(numbers)  # (slice, row, column), slices in source order
     if scan.meta.get("source_format") == "dicom-enhanced":
         frames = frames[np.argsort(scan.meta["frame_numbers"])]  # back to the source's own frame order
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -144,6 +143,12 @@ def write_dicom_seg(
         if collecting:
             gc.enable()
     return path
+
+
+def _frames_and_segments(pair, label_set: LabelSet) -> tuple[np.ndarray, list[Segment]]:
+    """Segment numbers as (slice, row, column) frames, slices in source order, and the segments."""
+    numbers, segments = segment_map(pair, label_set)
+    return from_ijk_order(numbers), segments
 
 
 def _as_highdicom_source(ds: pydicom.Dataset, path: str | os.PathLike) -> pydicom.Dataset:
