@@ -244,7 +244,7 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(SAVE_FORMATS)} (default nifti,table,png)")
     p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="segment every case again, even those already done")
-    pacs = p.add_argument_group("PACS", "inputs dicomweb://HOST:PORT/PATH or dimse://AET@HOST:PORT; credentials "
+    pacs = p.add_argument_group("PACS", "inputs dicomweb(s)://HOST:PORT/PATH or dimse(s)://AET@HOST:PORT; credentials "
                                         "from MEDPANOPTIC_PACS_* variables or MEDPANOPTIC_PACS_CONFIG, never here")
     pacs.add_argument("--study", help="Study Instance UID to take from a DICOM node")
     pacs.add_argument("--series", help="Series Instance UID (within --study); default: every image series")

@@ -5,8 +5,8 @@
   and the formats. A re-run skips every case whose fingerprint still matches: resumable.
 - A case that fails (unreadable, wrong dimensionality, ...) leaves no files; its one-line
   reason goes to `errors.csv` and the run goes on; the exit code says something failed.
-- Reading the next scan and writing the previous case's files run on worker threads while
-  the network works on the current one.
+- Reading the next scan (retrieving it first, for a series on a DICOM node) and writing the
+  previous case's files run on worker threads while the network works on the current one.
 - Under `torchrun`, rank r takes cases r, r + W, ...; rank 0 waits for the others and writes
   the cohort files: `instances.csv` (one row per instance, with the case id), `cases.csv`,
   `errors.csv` and `cohort_overview.png`.
@@ -63,11 +63,15 @@ def _files_of(scan: ScanInput) -> list[Path]:
 
 
 def fingerprint(scan: ScanInput, bundle: Path, formats: Sequence[str]) -> str:
-    """A hash of the input files' names, sizes and modification times, the bundle's weights and the formats."""
+    """A hash of the input files' names, sizes and modification times (for a series on a DICOM node, of
+    the instances it lists), the bundle's weights and the formats."""
     h = hashlib.sha256()
-    for p in _files_of(scan):
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    if scan.remote is not None:  # a node's series, retrieved or not: what the node lists
+        h.update(f"{scan.remote.identity}\n".encode())
+    else:
+        for p in _files_of(scan):
+            st = p.stat()
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     weights = bundle / "models" / "model.pt"
     if weights.exists():
         st = weights.stat()
@@ -224,7 +228,9 @@ def segment_cohort(
         def load(scan: ScanInput):
             from .remote.cache import raise_if_failed
 
-            raise_if_failed(scan.path)  # a series a DICOM node did not deliver fails with the node's reason
+            if scan.remote is not None:
+                scan.remote.fetch()  # a node's series is retrieved here, on the reader thread
+            raise_if_failed(scan.path)  # a query or listing a DICOM node did not answer fails with its reason
             return segmenter.load(scan.path, scan.series_uid or None)
 
         with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
@@ -249,6 +255,7 @@ def segment_cohort(
                 except Exception as e:
                     report.failed.append({"case": scan.case, "input": str(scan.path), "error": _one_line(e)})
             bar.close()
+        _release_nodes(scans)
         if store:
             from .remote.push import store_cases
 
@@ -269,6 +276,13 @@ def segment_cohort(
             dist.barrier()
             dist.destroy_process_group()
         return report
+
+
+def _release_nodes(scans: Sequence[ScanInput]) -> None:
+    if any(scan.remote is not None for scan in scans):
+        from .remote.pull import close_nodes
+
+        close_nodes(scans)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,39 @@ def dicomweb_plugin() -> str | None:
     return None
 
 
+class TlsFiles:
+    """A throw-away CA, a certificate for 127.0.0.1 signed by it (the node's) and one for us (the client's),
+    made with the `openssl` command: PEM files in `root`."""
+
+    def __init__(self, root: Path, name: str = "ca") -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ca, self.ca_key = self.root / f"{name}.crt", self.root / f"{name}.key"
+        self._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=medpanoptic test {name}",
+                      "-keyout", self.ca_key, "-out", self.ca)
+        self.server, self.server_key = self._signed("server", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+        self.client, self.client_key = self._signed("client", "extendedKeyUsage=clientAuth")
+
+    def _openssl(self, *args) -> None:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+    def _signed(self, who: str, extension: str) -> tuple[Path, Path]:
+        key, request, cert = (self.root / f"{who}.{s}" for s in ("key", "csr", "crt"))
+        extensions = self.root / f"{who}.ext"
+        extensions.write_text(extension + "\n")
+        self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=medpanoptic test {who}",
+                      "-keyout", key, "-out", request)
+        self._openssl("x509", "-req", "-in", request, "-CA", self.ca, "-CAkey", self.ca_key, "-CAcreateserial",
+                      "-days", "2", "-extfile", extensions, "-out", cert)
+        return cert, key
+
+    def orthanc_options(self) -> dict:
+        """DICOM TLS on Orthanc's DICOM port, asking clients for a certificate signed by our CA."""
+        return {"DicomTlsEnabled": True, "DicomTlsCertificate": str(self.server),
+                "DicomTlsPrivateKey": str(self.server_key), "DicomTlsTrustedCertificates": str(self.ca),
+                "DicomTlsRemoteCertificateRequired": True}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,7 +73,8 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc process: `start()`, `stop()`, and REST helpers (authenticated) for the checks."""
 
-    def __init__(self, root: Path, our_aet: str = "MEDPANOPTIC", our_port: int | None = None) -> None:
+    def __init__(self, root: Path, our_aet: str = "MEDPANOPTIC", our_port: int | None = None,
+                 tls: "TlsFiles | None" = None) -> None:
         self.root = Path(root)
         self.http_port, self.dicom_port = free_port(), free_port()
         self.our_aet, self.our_port = our_aet, our_port or free_port()
@@ -55,7 +89,10 @@ class Orthanc:
             "DicomModalities": {"medpanoptic": [our_aet, "127.0.0.1", self.our_port]},
             "Plugins": [dicomweb_plugin()], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "StableAge": 1, "ConcurrentJobs": 2, "HttpThreadsCount": 8,
+            "DicomScpTimeout": 10,  # idle associations dropped after 10 s (a stop waits for them)
+            **(tls.orthanc_options() if tls else {}),
         }, indent=1))
+        self.scheme = "dimses" if tls else "dimse"
 
     @property
     def dicomweb(self) -> str:
@@ -63,7 +100,7 @@ class Orthanc:
 
     @property
     def dimse(self) -> str:
-        return f"dimse://{ORTHANC_AET}@127.0.0.1:{self.dicom_port}"
+        return f"{self.scheme}://{ORTHANC_AET}@127.0.0.1:{self.dicom_port}"
 
     def start(self) -> "Orthanc":
         log = open(self.root / "orthanc.log", "ab")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import shutil
 import threading
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from medpanoptic.remote.auth import Settings, load_settings
 from medpanoptic.remote.cache import checked_uid, raise_if_failed, series_folder
 from medpanoptic.remote.retry import TransientFault, with_retries
 from medpanoptic.remote.urls import parse_node, with_query
-from tests.orthanc import PASSWORD, USER, Orthanc, dicomweb_plugin, orthanc_binary
+from tests.orthanc import PASSWORD, USER, Orthanc, TlsFiles, dicomweb_plugin, orthanc_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 CT_BUNDLE = ROOT / "bundles" / "ct_lesion_panoptic"
@@ -57,6 +59,12 @@ def test_node_addresses_parse_and_refuse_what_is_wrong():
     with pytest.raises(InputError, match="a --store address takes no query"):
         parse_node("dicomweb://127.0.0.1:8042/x?study=1.2", require_query=False)
     assert with_query("dimse://A@h:1", study="1.2", series=None) == "dimse://A@h:1?study=1.2"
+    tls = parse_node("dimses://ORTHANC@pacs.example:2762?study=1.2")
+    assert (tls.aet, tls.key, tls.uses_tls, tls.is_dicomweb) == ("ORTHANC", "dimses://ORTHANC@pacs.example:2762", True,
+                                                                 False)
+    assert not dimse.uses_tls and parse_node("dicomwebs://h:443/x?study=1.2").uses_tls
+    with pytest.raises(InputError, match=r"^dimses://h:1: a DIMSE address is dimse://AET@HOST:PORT"):
+        parse_node("dimses://h:1?study=1.2")
 
 
 def test_settings_come_from_env_or_a_private_file_and_never_show_secrets(tmp_path):
@@ -76,6 +84,16 @@ def test_settings_come_from_env_or_a_private_file_and_never_show_secrets(tmp_pat
     assert "tok-123" not in repr(bearer)
     with pytest.raises(InputError, match="no such CA file"):
         load_settings(node, {"MEDPANOPTIC_PACS_CA": str(tmp_path / "missing.pem")})
+    with pytest.raises(InputError, match=r"no such certificate file \(MEDPANOPTIC_PACS_CERT / tls_cert\)"):
+        load_settings(node, {"MEDPANOPTIC_PACS_CERT": str(tmp_path / "missing.crt")})
+    key = tmp_path / "our.key"
+    key.write_text("not a key")
+    with pytest.raises(InputError, match=r"a TLS key needs its certificate"):
+        load_settings(node, {"MEDPANOPTIC_PACS_KEY": str(key)})
+    with pytest.raises(InputError, match=r"our.key: cannot load our TLS certificate and key"):
+        from medpanoptic.remote.dimse import tls_context
+
+        tls_context(Settings(tls_cert=str(key)))
 
 
 def test_server_uids_never_become_paths(tmp_path):
@@ -111,6 +129,19 @@ needs_orthanc = pytest.mark.skipif(orthanc_binary() is None or dicomweb_plugin()
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory):
     server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    return TlsFiles(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def orthanc_tls(tmp_path_factory, tls_files):
+    """A second Orthanc whose DICOM port speaks only TLS and asks for a client certificate signed by our CA."""
+    server = Orthanc(tmp_path_factory.mktemp("orthanc_tls"), tls=tls_files).start()
     yield server
     server.stop()
 
@@ -248,16 +279,25 @@ def test_listen_segments_a_series_sent_by_c_store_and_stores_the_seg(orthanc, pa
 
 
 class _StopsOrthancAfterFirstCase:
-    """The real segmenter; after its first case it stops Orthanc: the node goes down mid-run."""
+    """The real segmenter; after its first case (and once the reader thread has retrieved and read the
+    second) it stops Orthanc: the node goes down mid-run, before the SEGs are stored."""
 
-    def __init__(self, segmenter, orthanc: Orthanc) -> None:
+    def __init__(self, segmenter, orthanc: Orthanc, reads_before_stop: int = 2) -> None:
         self._segmenter, self._orthanc, self.label_set = segmenter, orthanc, segmenter.label_set
+        self._reads, self._reads_before_stop, self._read = 0, reads_before_stop, threading.Condition()
 
     def load(self, *args, **kwargs):
-        return self._segmenter.load(*args, **kwargs)
+        try:
+            return self._segmenter.load(*args, **kwargs)
+        finally:
+            with self._read:
+                self._reads += 1
+                self._read.notify_all()
 
     def __call__(self, *args, **kwargs):
         result = self._segmenter(*args, **kwargs)
+        with self._read:
+            assert self._read.wait_for(lambda: self._reads >= self._reads_before_stop, timeout=300)
         self._orthanc.stop()
         return result
 
@@ -304,3 +344,76 @@ def test_faults_give_one_line_errors_the_run_goes_on_and_a_rerun_completes_once(
     assert len(_segs(orthanc, good_study)) == 1 and len(_segs(orthanc, good_study)[0]["Instances"]) == 1
     logged = caplog.text + "".join(p.read_text(errors="ignore") for p in out.rglob("*") if p.suffix in (".json", ".csv"))
     assert PASSWORD not in logged and "not-the-password" not in logged
+
+
+@needs_orthanc
+@pytest.mark.slow
+def test_dimse_lists_at_once_retrieves_when_read_over_one_reused_association(orthanc, pacs_env, segmenter,
+                                                                              tmp_path, caplog):
+    from medpanoptic.cohort import PACS_CACHE, segment_cohort
+    from medpanoptic.io.inputs import find_scans
+
+    first, study = _series(tmp_path / "dicom", "reuse_a", 307, "REUSE")
+    second, second_study = _series(tmp_path / "dicom", "reuse_b", 308, "REUSE")
+    orthanc.upload(first + second)
+    source = with_query(orthanc.dimse, patient="REUSE")
+
+    scans = find_scans([source], cache=tmp_path / "cache")
+    assert len(scans) == 2 and not list((tmp_path / "cache").rglob("*.dcm"))  # listed, nothing retrieved yet
+    node = scans[0].remote.node
+    assert scans[1].remote.node is node and node.associations_opened == 1  # 2 C-FINDs + 2 listings: one association
+    assert len(list(scans[0].remote.fetch().glob("*.dcm"))) == len(first)  # both series have as many slices
+    assert node.associations_opened == 2  # opened again once, now with the CT storage context C-GET needs
+    orthanc.stop()  # the node goes away and comes back: our association is gone
+    orthanc.start()
+    assert len(list(scans[1].remote.fetch().glob("*.dcm"))) == len(second)
+    assert node.associations_opened == 3
+    scans[0].remote.fetch()  # complete in the cache: nothing asked of the node
+    assert node.associations_opened == 3
+    node.close()
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.DEBUG, logger="medpanoptic.remote.dimse"):
+        report = segment_cohort([source], CT_BUNDLE, out, ["nifti", "table", "dicom-seg"], segmenter=segmenter,
+                                store=orthanc.dimse, progress=False)
+    assert sorted(report.done) == sorted(s.case for s in scans) and report.ok
+    opened = [r.getMessage() for r in caplog.records if r.getMessage().endswith("opened")]
+    assert len(opened) == 4, opened  # two per node (pull, store) for the whole cohort, not several per case
+    first_case = next(s.case for s in scans if s.remote.ref.study_uid == study)
+    _check_seg_round_trip(orthanc, study, out / first_case, first, tmp_path)
+
+    shutil.rmtree(out / PACS_CACHE)  # a resumed run needs no series: nothing is retrieved again
+    report = segment_cohort([source], CT_BUNDLE, out, ["nifti", "table", "dicom-seg"], segmenter=segmenter,
+                            store=orthanc.dimse, progress=False)
+    assert sorted(report.skipped) == sorted(s.case for s in scans) and not report.done and report.ok
+    assert not list((out / PACS_CACHE).rglob("*.dcm"))
+    assert [len(_segs(orthanc, s)) for s in (study, second_study)] == [1, 1]
+
+
+@needs_orthanc
+@pytest.mark.slow
+def test_segment_dimse_over_tls_with_store_and_refuse_an_unknown_certificate(orthanc_tls, tls_files, pacs_env,
+                                                                             segmenter, tmp_path, monkeypatch):
+    from medpanoptic.cli import main
+    from medpanoptic.cohort import segment_cohort
+
+    files, study = _series(tmp_path / "dicom", "tls", 309, "TLS")
+    orthanc_tls.upload(files)
+    assert orthanc_tls.dimse.startswith("dimses://")
+    monkeypatch.setenv("MEDPANOPTIC_PACS_CA", str(tls_files.ca))
+    monkeypatch.setenv("MEDPANOPTIC_PACS_CERT", str(tls_files.client))
+    monkeypatch.setenv("MEDPANOPTIC_PACS_KEY", str(tls_files.client_key))
+    out = tmp_path / "out"
+    assert main(["segment", orthanc_tls.dimse, "--study", study, "--out", str(out), "--device", "cpu",
+                 "--to", "nifti,table", "--store", orthanc_tls.dimse]) == 0
+    case_dir = next(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    _check_seg_round_trip(orthanc_tls, study, case_dir, files, tmp_path)
+
+    other = TlsFiles(tmp_path / "other", "other-ca")  # a CA that did not sign the node's certificate
+    monkeypatch.setenv("MEDPANOPTIC_PACS_CA", str(other.ca))
+    report = segment_cohort([with_query(orthanc_tls.dimse, study=study)], CT_BUNDLE, tmp_path / "refused",
+                            ["nifti"], segmenter=segmenter, progress=False)
+    key = parse_node(orthanc_tls.dimse, require_query=False).key
+    assert [f["error"] for f in report.failed] == [
+        f"{key}: C-FIND of series in study {study}: cannot associate over TLS (is the node running, and does its "
+        "certificate verify against the CA file and ours against its trust list?) (tried 2 times)"]

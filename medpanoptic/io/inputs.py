@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -31,6 +31,7 @@ class ScanInput:
     case: str
     path: Path
     series_uid: str | None = None
+    remote: object = field(default=None, compare=False, repr=False)  # a node's series, retrieved when read
 
     def as_dict(self) -> dict:
         return {"case": self.case, "image": str(self.path), "series_uid": self.series_uid or ""}
@@ -106,7 +107,8 @@ def default_cache() -> Path:
 def find_scans(inputs: Iterable[str | os.PathLike], cache: str | os.PathLike | None = None) -> list[ScanInput]:
     """The cases named by `inputs`, in order, with unique case ids that are safe path components
     (`../../X` becomes `X`; a clash, ignoring letter case, gets `_2`, `_3`...). DICOM node
-    addresses (`dicomweb://`, `dimse://`) are retrieved into `cache` (see `medpanoptic.remote`)."""
+    addresses (`dicomweb://`, `dimse://`) are queried now and retrieved into `cache` when read
+    (see `medpanoptic.remote.pull`)."""
     from ..remote import is_remote
 
     found: list[ScanInput] = []
@@ -123,4 +125,4 @@ def find_scans(inputs: Iterable[str | os.PathLike], cache: str | os.PathLike | N
         else:
             found.append(ScanInput(case_name(path), path))  # read later: a missing file is that case's error
     names = unique_components(scan.case for scan in found)
-    return [ScanInput(name, scan.path, scan.series_uid) for name, scan in zip(names, found)]
+    return [replace(scan, case=name) for name, scan in zip(names, found)]

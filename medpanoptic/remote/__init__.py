@@ -7,9 +7,9 @@ a path unchecked, and no credential ever reaches a command line, a log, an error
 
 from __future__ import annotations
 
-SCHEMES = ("dicomweb", "dicomwebs", "dimse")
+SCHEMES = ("dicomweb", "dicomwebs", "dimse", "dimses")
 
 
 def is_remote(text: object) -> bool:
-    """Whether `text` names a DICOM node (`dicomweb://`, `dicomwebs://`, `dimse://`) rather than a file."""
+    """Whether `text` names a DICOM node (`dicomweb://`, `dicomwebs://`, `dimse://`, `dimses://`) rather than a file."""
     return isinstance(text, str) and text.split("://", 1)[0].lower() in SCHEMES and "://" in text

@@ -1,9 +1,11 @@
 """Credentials and connection settings for DICOM nodes: from the environment or a config file, never the command line.
 
 Environment (wins over the file): `MEDPANOPTIC_PACS_USER` + `MEDPANOPTIC_PACS_PASSWORD` (HTTP
-basic) or `MEDPANOPTIC_PACS_TOKEN` (bearer), `MEDPANOPTIC_PACS_CA` (a CA bundle for HTTPS),
-`MEDPANOPTIC_PACS_AET` (our AE title). `MEDPANOPTIC_PACS_CONFIG` names a JSON file with the same
-settings (`username`, `password`, `token`, `ca_file`, `calling_aet`, `timeout_s`, `retries`) and
+basic) or `MEDPANOPTIC_PACS_TOKEN` (bearer), `MEDPANOPTIC_PACS_CA` (a CA bundle for HTTPS and
+DICOM TLS), `MEDPANOPTIC_PACS_CERT` + `MEDPANOPTIC_PACS_KEY` (our certificate and key, for DICOM TLS
+nodes that ask for one), `MEDPANOPTIC_PACS_AET` (our AE title). `MEDPANOPTIC_PACS_CONFIG` names a
+JSON file with the same settings (`username`, `password`, `token`, `ca_file`, `tls_cert`, `tls_key`,
+`calling_aet`, `timeout_s`, `retries`) and
 optionally `nodes: {"HOST:PORT": {...}}` for per-node values; a file that holds a secret must
 not be readable by others. A `Settings` object never shows its secrets in `repr` or logs.
 """
@@ -23,7 +25,8 @@ from .urls import NodeAddress
 CONFIG_ENV = "MEDPANOPTIC_PACS_CONFIG"
 DEFAULT_AET = "MEDPANOPTIC"
 _ENV = {"username": "MEDPANOPTIC_PACS_USER", "password": "MEDPANOPTIC_PACS_PASSWORD",
-        "token": "MEDPANOPTIC_PACS_TOKEN", "ca_file": "MEDPANOPTIC_PACS_CA", "calling_aet": "MEDPANOPTIC_PACS_AET"}
+        "token": "MEDPANOPTIC_PACS_TOKEN", "ca_file": "MEDPANOPTIC_PACS_CA",
+        "tls_cert": "MEDPANOPTIC_PACS_CERT", "tls_key": "MEDPANOPTIC_PACS_KEY", "calling_aet": "MEDPANOPTIC_PACS_AET"}
 SECRETS = ("password", "token")
 
 
@@ -35,6 +38,8 @@ class Settings:
     password: str | None = None
     token: str | None = None
     ca_file: str | None = None
+    tls_cert: str | None = None  # PEM certificate (chain) we present over DICOM TLS
+    tls_key: str | None = None  # its private key (PEM), when not in `tls_cert`
     calling_aet: str = DEFAULT_AET
     timeout_s: float = 30.0
     retries: int = 3  # extra attempts for transient faults (node down, timeout, HTTP 5xx), with backoff
@@ -121,6 +126,12 @@ def load_settings(node: NodeAddress, env: Mapping[str, str] | None = None) -> Se
         values.update(_coerce(str(path), per_node.get(f"{node.host}:{node.port}", {})))
     values.update(_coerce("environment", {k: env[v] for k, v in _ENV.items() if env.get(v)}))
     settings = replace(Settings(), **values)
-    if settings.ca_file and not Path(settings.ca_file).is_file():
-        raise InputError(settings.ca_file, "no such CA file (MEDPANOPTIC_PACS_CA / ca_file)")
+    for name, what in (("ca_file", "CA file (MEDPANOPTIC_PACS_CA / ca_file)"),
+                       ("tls_cert", "certificate file (MEDPANOPTIC_PACS_CERT / tls_cert)"),
+                       ("tls_key", "key file (MEDPANOPTIC_PACS_KEY / tls_key)")):
+        value = getattr(settings, name)
+        if value and not Path(value).is_file():
+            raise InputError(value, f"no such {what}")
+    if settings.tls_key and not settings.tls_cert:
+        raise InputError(settings.tls_key, "a TLS key needs its certificate (MEDPANOPTIC_PACS_CERT / tls_cert)")
     return settings

@@ -41,8 +41,13 @@ class DicomWebNode:
         session.auth = settings.http_auth()
         if settings.ca_file:
             session.verify = settings.ca_file
+        self._session = session
         self._client = DICOMwebClient(address.http_url, session=session, timeout=settings.timeout_s)
         self._client.set_http_retry_params(retry=False)  # ours: the same backoff for every protocol
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        self._session.close()
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
         return with_retries(lambda: self._classified(what, call), self.address.key, what, self.settings.retries)

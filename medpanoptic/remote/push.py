@@ -80,6 +80,13 @@ def store_cases(out: Path, report, target: str):
             report.failed.append({"case": case, "input": str(out / case), "error": str(e)})
         report.done, report.skipped = [], []
         return report
+    try:
+        return _store_all(out, report, node)
+    finally:
+        node.close()
+
+
+def _store_all(out: Path, report, node: Node):
     kept: dict[str, list[str]] = {"done": [], "skipped": []}
     for which in kept:
         for case in getattr(report, which):

@@ -1,4 +1,5 @@
-"""Node addresses: `dicomweb://HOST:PORT/PATH`, `dicomwebs://...` (HTTPS) and `dimse://AET@HOST:PORT`.
+"""Node addresses: `dicomweb://HOST:PORT/PATH`, `dicomwebs://...` (HTTPS), `dimse://AET@HOST:PORT` and
+`dimses://...` (DIMSE over TLS).
 
 A query (`?study=UID&series=UID&patient=ID&modality=CT&since=YYYYMMDD`) says which series to
 take. Credentials never go in an address: they come from the environment or a config file
@@ -24,7 +25,7 @@ _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
 class NodeAddress:
     """Where a DICOM node listens and which series a query selects."""
 
-    scheme: str  # "dicomweb", "dicomwebs" or "dimse"
+    scheme: str  # "dicomweb", "dicomwebs", "dimse" or "dimses"
     host: str
     port: int
     path: str = ""  # DICOMweb service root, e.g. "/dicom-web"
@@ -34,6 +35,11 @@ class NodeAddress:
     @property
     def is_dicomweb(self) -> bool:
         return self.scheme in ("dicomweb", "dicomwebs")
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the connection is encrypted and the node's certificate checked (`dicomwebs://`, `dimses://`)."""
+        return self.scheme in ("dicomwebs", "dimses")
 
     @property
     def http_url(self) -> str:
@@ -77,15 +83,16 @@ def parse_node(text: str, require_query: bool = True) -> NodeAddress:
     """A `NodeAddress` from `text`, or an `InputError` naming what is wrong with it."""
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
-    if scheme not in ("dicomweb", "dicomwebs", "dimse"):
-        raise InputError(text, "a DICOM node address starts with dicomweb://, dicomwebs:// or dimse://")
+    if scheme not in ("dicomweb", "dicomwebs", "dimse", "dimses"):
+        raise InputError(text, "a DICOM node address starts with dicomweb://, dicomwebs://, dimse:// or dimses://")
+    dimse = scheme in ("dimse", "dimses")
     netloc = parts.netloc
     userinfo, _, hostport = netloc.rpartition("@")
-    if scheme != "dimse" and userinfo:
+    if not dimse and userinfo:
         raise InputError(parts.hostname or scheme, "credentials never go in the address; set MEDPANOPTIC_PACS_USER/"
                                                    "_PASSWORD or _TOKEN, or a MEDPANOPTIC_PACS_CONFIG file")
-    if scheme == "dimse" and (not userinfo or not _AET.match(userinfo)):
-        raise InputError(f"dimse://{hostport}", "a DIMSE address is dimse://AET@HOST:PORT with an AE title of "
+    if dimse and (not userinfo or not _AET.match(userinfo)):
+        raise InputError(f"{scheme}://{hostport}", "a DIMSE address is dimse://AET@HOST:PORT with an AE title of "
                                                 "1-16 printable characters (no backslash)")
     try:
         port = parts.port
@@ -93,15 +100,15 @@ def parse_node(text: str, require_query: bool = True) -> NodeAddress:
         port = None
     if not parts.hostname or port is None:
         raise InputError(f"{scheme}://{hostport}", "a DICOM node address needs HOST:PORT")
-    if scheme == "dimse" and parts.path not in ("", "/"):
+    if dimse and parts.path not in ("", "/"):
         raise InputError(text, "a DIMSE address has no path: dimse://AET@HOST:PORT")
     query = dict(parse_qsl(parts.query, keep_blank_values=False))
     if require_query:
         _check_query(text, query)
     elif query:
         raise InputError(text, "a --store address takes no query: results go back into their own study")
-    return NodeAddress(scheme, parts.hostname, port, parts.path.rstrip("/") if scheme != "dimse" else "",
-                       userinfo if scheme == "dimse" else "", query)
+    return NodeAddress(scheme, parts.hostname, port, "" if dimse else parts.path.rstrip("/"),
+                       userinfo if dimse else "", query)
 
 
 def with_query(text: str, **filters: str | None) -> str:

@@ -8,6 +8,10 @@ the same cases from local DICOM folders, side by side in one run.
 QIDO-RS/C-FIND, WADO-RS/C-GET into the cache, the same pipeline, then STOW-RS/C-STORE of
 every SEG into its study (and a check that the node lists it). Needs Debian `orthanc` and
 `orthanc-dicomweb`. Goal (PACS issue): PACS throughput >= 0.8 of local.
+
+Orthanc's DICOM stack (DCMTK) writes with Nagle's algorithm on unless it is started with
+`TCP_NODELAY=1` in its environment; a C-GET then waits for a delayed ACK (about 50 ms) per
+instance. `TCP_NODELAY=1 python scripts/bench/pacs.py` measures a node started that way.
 """
 
 from __future__ import annotations
