@@ -25,6 +25,7 @@ from monai.data import MetaTensor
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
+from .._version import __version__
 from ..errors import GeometryError, InputError
 from ..labels import Code, LabelSet
 from .atomic import atomic_paths
@@ -32,7 +33,8 @@ from .dicom_read import SEG_SOP_CLASSES, is_dicom_file
 from .geometry import LPS_TO_RAS, SLICE_SPACING_TOLERANCE, affine_from_plane_stack
 from .nifti import nifti_order
 from .scan import make_meta_tensor, read_scan
-from .segments import TRAILING_NUMBER, FoundSegment, Segment, classes_of_segments, label_set_of_segments, pair_from_segments, segment_map
+from .segments import (TRAILING_NUMBER, FoundSegment, Numbering, Segment, classes_of_segments, label_set_of_segments,
+                       pair_from_segments, segment_map)
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +99,13 @@ def write_dicom_seg(
     series_number: int = 900,
     algorithm_name: str = "medpanoptic",
     algorithm_version: str | None = None,
+    numbering: Numbering | None = None,
 ) -> Path:
     """Write `pair` (on the source scan's grid) as a DICOM SEG referencing the source series.
 
-    `source` is the scan from `read_scan` (its meta knows the files) or its DICOM folder/file.
+    `source` is the scan from `read_scan` (its meta knows the files) or its DICOM folder/file;
+    `numbering` is the pair's `segment_map`, when already made.
     """
-    from .. import __version__
-
     scan = source if isinstance(source, MetaTensor) else read_scan(source)
     where = str(scan.meta.get("filename_or_obj", source if not isinstance(source, MetaTensor) else "source"))
     if str(scan.meta.get("source_format", "")).split("-")[0] != "dicom":
@@ -111,9 +113,9 @@ def write_dicom_seg(
     if tuple(pair.shape[1:]) != tuple(scan.shape[1:]) or not np.allclose(np.asarray(pair.affine), np.asarray(scan.affine), atol=1e-3):
         raise GeometryError(where, f"the result {tuple(pair.shape[1:])} is not on the source scan's grid {tuple(scan.shape[1:])}")
     with ThreadPoolExecutor(max_workers=1) as pool:  # the segment map (no GIL) while the headers are parsed
-        numbering = pool.submit(segment_map, pair, label_set)
+        made = pool.submit(lambda: numbering or segment_map(pair, label_set))
         datasets = [_as_highdicom_source(pydicom.dcmread(f, stop_before_pixels=True), f) for f in scan.meta["source_files"]]
-        numbers, segments = numbering.result()
+        numbers, segments = made.result()
     if not segments:
         raise InputError(where, "the result is empty: a DICOM SEG needs at least one segment")
     frames = nifti_order(numbers)  # (slice, row, column), slices in source order

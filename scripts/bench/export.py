@@ -29,7 +29,7 @@ from medpanoptic.io.dicom_seg import write_dicom_seg
 from medpanoptic.io.labelmap import write_labelmap
 from medpanoptic.io.segments import segment_map
 from medpanoptic.io.seg_nrrd import write_seg_nrrd
-from medpanoptic.report import instance_table, write_instance_table
+from medpanoptic.io.table import instance_table, write_instance_table
 from medpanoptic.synthetic import ct_phantom
 
 
