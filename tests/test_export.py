@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from medpanoptic.errors import InputError
+from medpanoptic.export import export
 from medpanoptic.io import read_panoptic, read_scan, write_dicom_series
 from medpanoptic.io.dicom_seg import write_dicom_seg
-from medpanoptic.export import export
 from medpanoptic.io.itk import sitk_from_array
 from medpanoptic.io.segments import segment_map
 from medpanoptic.io.seg_nrrd import write_seg_nrrd
