@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ._version import __version__
 from .errors import MedPanopticError
 
 log = logging.getLogger("medpanoptic")
@@ -211,18 +212,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 # -- export -------------------------------------------------------------------------------
 def _configure_export(p: argparse.ArgumentParser) -> None:
-    from .io.export import FORMATS
+    from .io.formats import FORMAT_NAMES
 
     p.add_argument("stem", help="a panoptic result written by medpanoptic (<stem>_label.nii.gz, ...)")
     p.add_argument("--source", help="the source scan (required for DICOM SEG; gives intensities to the table)")
-    p.add_argument("--to", default="seg-nrrd,labelmap,table", help=f"comma-separated formats: {', '.join(FORMATS)}")
+    p.add_argument("--to", default="seg-nrrd,labelmap,table", help=f"comma-separated formats: {', '.join(FORMAT_NAMES)}")
     p.add_argument("--out", help="output stem (default: the input stem)")
     p.add_argument("--series-uid", help="which series of a DICOM source folder")
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from .export import export
     from .io import read_panoptic, read_scan
-    from .io.export import export
 
     pair, label_set = read_panoptic(args.stem)
     source = read_scan(args.source, args.series_uid) if args.source else None
@@ -234,14 +235,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 # -- segment ------------------------------------------------------------------------------
 def _configure_segment(p: argparse.ArgumentParser) -> None:
-    from .segment import SAVE_FORMATS
+    from .io.formats import FORMAT_NAMES
 
     p.add_argument("inputs", nargs="+", help="scans: files, folders of NIfTI, DICOM study folders (every series), CSV manifests")
     p.add_argument("--bundle", default="ct_lesion_panoptic",
                    help="name of a shipped bundle (default ct_lesion_panoptic) or a bundle folder given as a path "
                         "(./mine); a bundle is code, like any MONAI bundle: run only bundles you trust")
     p.add_argument("--out", required=True, help="output folder: one sub-folder per case, cohort CSVs and overview beside them")
-    p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(SAVE_FORMATS)} (default nifti,table,png)")
+    p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(FORMAT_NAMES)} (default nifti,table,png)")
     p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="segment every case again, even those already done")
     pacs = p.add_argument_group("PACS", "inputs dicomweb(s)://HOST:PORT/PATH or dimse(s)://AET@HOST:PORT; credentials "
@@ -255,12 +256,9 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
 
 
 def _formats(text: str) -> list[str]:
-    from .segment import SAVE_FORMATS
+    from .io.formats import check_formats
 
-    formats = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in SAVE_FORMATS]
-    if unknown:
-        raise MedPanopticError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(SAVE_FORMATS)}")
+    formats = check_formats(f.strip() for f in text.split(",") if f.strip())
     return formats if "table" in formats else formats + ["table"]  # the cohort summary is built from the tables
 
 
@@ -282,8 +280,10 @@ def run_segment(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     inputs, formats = _remote_inputs(args), _formats(args.to)
-    if args.store and "dicom-seg" not in formats:
-        formats.append("dicom-seg")  # what goes back to the node
+    if args.store:
+        from .remote.push import STORED_FORMAT
+
+        formats += [] if STORED_FORMAT in formats else [STORED_FORMAT]  # what goes back to the node
     report = segment_cohort(inputs, bundle_path(args.bundle), args.out, formats, device=args.device,
                             resume=not args.no_resume, store=args.store)
     if int(__import__("os").environ.get("RANK", 0)) == 0:
@@ -348,10 +348,11 @@ def _configure_listen(p: argparse.ArgumentParser) -> None:
 
 def run_listen(args: argparse.Namespace) -> int:
     from .remote.listen import listen
+    from .remote.push import STORED_FORMAT
     from .segment import bundle_path
 
     formats = _formats(args.to)
-    formats += [] if "dicom-seg" in formats else ["dicom-seg"]
+    formats += [] if STORED_FORMAT in formats else [STORED_FORMAT]
     listen(args.port, bundle_path(args.bundle), args.out, store=args.store, formats=formats, host=args.host,
            aet=args.aet, idle_s=args.idle_s, device=args.device)
     return 0
@@ -381,8 +382,6 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
     Configuring a subcommand may import what it runs (format lists live beside PyTorch code),
     so `medpanoptic --help` and `medpanoptic info` configure nothing they do not need.
     """
-    from . import __version__
-
     parser = _Parser(
         prog="medpanoptic",
         description="Panoptic segmentation for medical images: every voxel gets a class and, for things, an instance.",

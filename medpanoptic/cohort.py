@@ -35,6 +35,8 @@ from typing import Iterable, Iterator, Sequence
 from .errors import InputError, MedPanopticError
 from .io.inputs import ScanInput, find_scans
 from .io.paths import inside, safe_component
+from .io.table import table_paths
+from .remote.pull import node_cases
 
 DONE = "done.json"
 LOCK = ".medpanoptic.lock"
@@ -213,7 +215,7 @@ def segment_cohort(
             dist.init_process_group("nccl" if device and device.startswith("cuda") else "gloo")
     out, bundle = Path(out), bundle_path(bundle)
     with _output_folder(out), _claimed(out, rank, distributed):
-        scans = find_scans(inputs, cache=out / PACS_CACHE)
+        scans = find_scans(inputs, node_cases(out / PACS_CACHE))
         mine = scans[rank::world]
         report = CohortReport()
         segmenter = segmenter or Segmenter.from_bundle(bundle, device=device)
@@ -355,14 +357,14 @@ def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 def write_cohort_summary(out: Path, cases: Sequence[str], report: CohortReport, label_set) -> list[Path]:
     """`instances.csv`, `cases.csv`, `errors.csv` and `cohort_overview.png` from the case folders in `out`."""
-    from .qc import cohort_overview
+    from .io.qc import cohort_overview
 
     failed = {f["case"] for f in report.failed}
     instance_rows, case_rows = [], []
     for case in cases:
         if case in failed:
             continue
-        table = case_folder(out, case) / f"{case}_instances.csv"
+        table = table_paths(case_folder(out, case) / case)["csv"]
         if not table.exists():
             continue
         with open(table, newline="", encoding="utf-8") as f:

@@ -259,11 +259,6 @@ class LabelSet:
             raise LabelSetError("a label set needs a 'classes' list")
         return cls(tuple(LabelClass.from_dict(c) for c in d["classes"]), name=str(d.get("name", "")))
 
-    def save(self, path: str | os.PathLike) -> None:
-        from .io.atomic import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LabelSet":
         try:

@@ -1,7 +1,8 @@
 """The panoptic pair: a (2, *spatial) integer MetaTensor, channel 0 = label, channel 1 = instance.
 
-Helpers to build and check pairs, to encode them as one integer per voxel
-(`label * divisor + instance`), and to summarise their instances.
+Helpers to build and check pairs, to gather their statistics in one pass (`pair_stats`), and to
+encode them as one integer per voxel (`label * divisor + instance`). Patient coordinates are
+io's business: the instance table is `medpanoptic.io.table`.
 """
 
 from __future__ import annotations
@@ -189,45 +190,6 @@ def consecutive_ids(instance: torch.Tensor) -> tuple[torch.Tensor, dict[int, int
     lut[torch.as_tensor(present, device=instance.device)] = torch.arange(1, len(present) + 1, device=instance.device)
     renumbered = lut[instance.long()].to(instance.dtype)
     return renumbered, {int(old): new for new, old in enumerate(present.tolist(), start=1)}
-
-
-def instance_summary(
-    pair, affine: np.ndarray, label_set: LabelSet | None = None, stats: PairStats | None = None,
-) -> list[dict]:
-    """One entry per thing instance: id, class id/name, voxel count, volume in mm³, centroid.
-
-    Centroids are given in voxel indices and in patient millimetres (RAS and LPS). Computed
-    from `pair_stats` (one pass), or from `stats` already gathered.
-    """
-    from .io.geometry import spacing_from_affine, voxel_to_lps, voxel_to_ras
-
-    arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
-    ndim = arr.ndim - 1
-    if stats is None:
-        stats = pair_stats(arr)
-    if stats is None:
-        raise PanopticError("negative label or instance ids")
-    present = stats.ids
-    if present.size == 0:
-        return []
-    counts = stats.instance_voxels[present]
-    centroid = stats.coordinate_sums[present, :ndim] / counts[:, None]
-    ras, lps = voxel_to_ras(affine, centroid), voxel_to_lps(affine, centroid)
-    voxel_volume = float(np.prod(spacing_from_affine(affine, ndim)))
-    out = []
-    for row, inst in enumerate(present.tolist()):
-        cls = int(stats.label_low[inst])
-        out.append({
-            "instance": inst,
-            "label": cls,
-            "class": label_set[cls].name if label_set is not None and cls in label_set else str(cls),
-            "voxels": int(counts[row]),
-            "volume_mm3": float(counts[row] * voxel_volume),
-            "centroid_voxel": [float(v) for v in centroid[row]],
-            "centroid_ras_mm": [float(v) for v in ras[row]],
-            "centroid_lps_mm": [float(v) for v in lps[row]],
-        })
-    return out
 
 
 def instances_from_semantic(label: np.ndarray, thing_ids: Sequence[int], connectivity: int | None = None) -> np.ndarray:

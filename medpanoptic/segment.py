@@ -2,7 +2,7 @@
 
     seg = Segmenter.from_bundle("bundles/ct_lesion_panoptic")
     result = seg("scan_dicom_folder/")            # or a NIfTI path, or a MetaTensor image
-    result.save("out/patient1", formats=("nifti", "dicom-seg", "table", "png"))
+    result.save("out/patient1", formats=("nifti", "dicom-seg", "table", "png"))   # see io.formats
     df = result.table()                            # one row per lesion
 
 `Segmenter` builds the bundle's own `inference.json` pieces (pre-processing, network, inferer,
@@ -11,20 +11,25 @@ grouping, inversion), so a script gets exactly what `python -m monai.bundle run`
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from monai.data import MetaTensor
 
-from .errors import InputError
+from .errors import InputError, PanopticError
+from .io.formats import WRITERS, check_formats, write_formats
+from .io.segments import Numbering, segment_map
+from .io.table import instance_table
 from .labels import LabelSet
+from .pair import PairStats, check_pair
 
 BUNDLES_ENV = "MEDPANOPTIC_BUNDLES"
-SAVE_FORMATS = ("nifti", "dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "tiff", "png")
 
 
 _BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -67,11 +72,17 @@ def _is_path(text: str) -> bool:
 
 @dataclass
 class PanopticResult:
-    """A panoptic result on the source scan's grid, with what is needed to export and report it."""
+    """A panoptic result on the source scan's grid, with what is needed to export and report it.
+
+    What is derived from the pair (`pair_stats`, `segment_map`, `instance_table`) is computed on
+    first use and kept, so that writing every format passes over the voxels once for statistics
+    and once for segment numbering. A result is therefore not to be changed once made: build a
+    new one for another pair.
+    """
 
     pair: MetaTensor  # (2, *spatial) int32: label, instance
     label_set: LabelSet
-    scores: dict[int, float] = field(default_factory=dict)
+    scores: dict[int, float] | None = field(default_factory=dict)  # None: the result's maker gave no scores
     source: MetaTensor | None = None  # the scan as read: DICOM identity for SEG, intensities for the table
     case: str = "case"
     dropped_instances: int = 0  # found on the network's grid, but with no voxel left on the source grid
@@ -89,19 +100,36 @@ class PanopticResult:
         """Whether the source scan was DICOM (what a DICOM SEG export needs)."""
         return self.source is not None and str(self.source.meta.get("source_format", "")).startswith("dicom")
 
+    @cached_property
+    def pair_stats(self) -> PairStats:
+        """The pair's statistics (`pair.pair_stats`), gathered while it is held to the rules of
+        `pair.check_pair` (a malformed pair raises `PanopticError` naming the case)."""
+        stats = check_pair(self.pair.detach().cpu(), self.label_set, source=f"case {self.case}")
+        if stats is None:
+            raise PanopticError(f"case {self.case}: the result has no voxels")
+        return stats
+
+    @cached_property
+    def segment_map(self) -> Numbering:
+        """The viewer segment numbering (`io.segments.segment_map`) that every viewer export shares."""
+        return segment_map(self.pair, self.label_set, stats=self.pair_stats)
+
+    @cached_property
+    def instance_table(self) -> list[dict]:
+        """The instance table (`io.table`: one schema, units in the column names), with the source's
+        intensities when it is on the result's grid and a score column when the result has scores."""
+        on_grid = self.source is not None and tuple(self.source.shape[1:]) == tuple(self.pair.shape[1:])
+        return instance_table(self.pair, self.label_set, self.source if on_grid else None, self.scores,
+                              stats=self.pair_stats)
+
     @property
     def n_instances(self) -> int:
         """How many instances the pair holds (distinct ids > 0), not the largest id."""
-        from .pair import instance_ids
-
-        return int(instance_ids(self.pair[1]).size)
+        return int(self.pair_stats.ids.size)
 
     def rows(self) -> list[dict]:
-        """The instance table as dictionaries (see `medpanoptic.report`)."""
-        from .report import instance_table
-
-        image = self.source if self.source is not None and self.source.shape[1:] == self.pair.shape[1:] else None
-        return instance_table(self.pair, self.label_set, image, self.scores)
+        """The instance table as dictionaries (copies: changing them leaves the result's table as it is)."""
+        return copy.deepcopy(self.instance_table)
 
     def table(self):
         """The instance table as a pandas DataFrame (a list of dicts when pandas is not installed)."""
@@ -118,36 +146,18 @@ class PanopticResult:
 
         if self.source is None:
             raise InputError(None, "a DICOM SEG needs the source scan; this result has none")
-        return write_dicom_seg(self.pair, self.label_set, self.source, path, segmentation_type=segmentation_type)
+        return write_dicom_seg(self.pair, self.label_set, self.source, path, segmentation_type=segmentation_type,
+                               numbering=self.segment_map)
 
     def save(self, stem: str | os.PathLike, formats: Iterable[str] = ("nifti", "table")) -> dict[str, Path]:
-        """Write the chosen formats beside `stem` (`nifti`: label + instance maps and JSON; the export
-        formats of `medpanoptic export`, DICOM SEG only for DICOM sources; `png`: the QC montage).
-        Returns every path by name."""
-        from .io.export import export
-        from .io.panoptic import write_panoptic
-        from .qc import qc_montage
-
-        formats = list(formats)
-        unknown = [f for f in formats if f not in SAVE_FORMATS]
-        if unknown:
-            raise InputError(None, f"unknown format(s) {unknown}; choose from {', '.join(SAVE_FORMATS)}")
-        Path(stem).parent.mkdir(parents=True, exist_ok=True)
-        written: dict[str, Path] = {}
-        if "nifti" in formats:
-            source = str(self.source.meta.get("filename_or_obj", "")) if self.source is not None else ""
-            extra = {"case": self.case, "source": source, "scores": {str(k): v for k, v in self.scores.items()},
-                     "dropped_instances": self.dropped_instances}
-            written.update({f"nifti_{k}": v for k, v in write_panoptic(self.pair, stem, self.label_set, extra=extra).items()})
-        exports = [f for f in formats if f not in ("nifti", "png")]
+        """Write the chosen formats beside `stem` (the names of `io.formats.WRITERS`: `nifti`, label +
+        instance maps and JSON; the viewer exports; `table`; `png`, the QC montage). DICOM SEG is
+        written only for DICOM sources. Returns every path by name."""
+        formats = check_formats(formats)
         if not self.is_dicom:  # a DICOM SEG references DICOM source slices: NIfTI and other sources have none
-            exports = [f for f in exports if not f.startswith("dicom-seg")]
-        if exports:
-            written.update(export(self.pair, self.label_set, stem, exports, self.source, self.scores))
-        if "png" in formats:
-            image = self.source if self.source is not None else torch.zeros((1,) + tuple(self.pair.shape[1:]))
-            written["png"] = qc_montage(image, self.pair, self.label_set, f"{stem}_qc.png", title=self.case)
-        return written
+            formats = [f for f in formats if not WRITERS[f].needs_dicom]
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)
+        return write_formats(self, stem, formats)
 
 
 class Segmenter:

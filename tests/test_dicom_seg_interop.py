@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from medpanoptic.errors import GeometryError, InputError
 from medpanoptic.io import read_panoptic, read_scan, write_dicom_series, write_panoptic
 from medpanoptic.io.dicom_seg import write_dicom_seg
-from medpanoptic.io.export import export
+from medpanoptic.export import export
 from medpanoptic.io.itk import sitk_from_array
 from medpanoptic.io.panoptic import source_identity
 from medpanoptic.io.scan import make_meta_tensor

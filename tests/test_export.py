@@ -11,13 +11,13 @@ import pytest
 import SimpleITK as sitk
 
 from medpanoptic.errors import InputError
+from medpanoptic.export import export
 from medpanoptic.io import read_panoptic, read_scan, write_dicom_series
 from medpanoptic.io.dicom_seg import write_dicom_seg
-from medpanoptic.io.export import export
 from medpanoptic.io.itk import sitk_from_array
 from medpanoptic.io.segments import segment_map
 from medpanoptic.io.seg_nrrd import write_seg_nrrd
-from medpanoptic.report import instance_table
+from medpanoptic.io.table import instance_table
 
 from .conftest import lps_geometry
 

@@ -11,16 +11,18 @@ import pytest
 import slicerio
 
 from medpanoptic.errors import LabelSetError
+from medpanoptic.io.atomic import atomic_write_json
 from medpanoptic.io import read_panoptic, read_scan, write_dicom_series
 from medpanoptic.io.dicom_seg import write_dicom_seg
-from medpanoptic.io.export import FORMATS, export
+from medpanoptic.export import export
+from medpanoptic.io.formats import FORMAT_NAMES
 from medpanoptic.io.geometry import LPS_TO_RAS
 from medpanoptic.io.labelmap import read_itksnap_labels, read_slicer_color_table
 from medpanoptic.io.seg_nrrd import write_seg_nrrd
 from medpanoptic.io.segments import segment_map
 from medpanoptic.labels import (SCT_LESION, SCT_MORPHOLOGICALLY_ABNORMAL, SCT_TISSUE, Code, LabelClass, LabelSet,
                                 ct_lesion_labels)
-from medpanoptic.report import instance_table, write_instance_table
+from medpanoptic.io.table import instance_table, write_instance_table
 from medpanoptic.synthetic import ct_phantom, nuclei_phantom
 
 from .conftest import ANISOTROPIC, OBLIQUE
@@ -237,7 +239,7 @@ def test_label_set_json_keeps_the_optional_codes(tmp_path):
     labels = LabelSet((LabelClass(1, "left kidney", "stuff", (200, 100, 80), ANATOMY, KIDNEY, LEFT),
                        LabelClass(2, "adrenal mass", "thing", category=SCT_MORPHOLOGICALLY_ABNORMAL, type=MASS,
                                   anatomic_region=ADRENAL, anatomic_region_modifier=RIGHT)))
-    labels.save(tmp_path / "labels.json")
+    atomic_write_json(tmp_path / "labels.json", labels.to_dict())
     assert LabelSet.load(tmp_path / "labels.json") == labels
 
 
@@ -271,9 +273,9 @@ def test_tiff_maps_line_up_with_the_source_png(tmp_path):
     import tifffile
     from PIL import Image
 
-    from medpanoptic.segment import SAVE_FORMATS, PanopticResult
+    from medpanoptic.segment import PanopticResult
 
-    assert "tiff" in SAVE_FORMATS and "tiff" in FORMATS
+    assert "tiff" in FORMAT_NAMES
     phantom = nuclei_phantom(shape=(72, 104), n_nuclei=8, seed=2)  # not square: a transpose cannot hide
     image = phantom.image[0].numpy()
     pixels = np.round(255 * (image - image.min()) / np.ptp(image)).astype(np.uint8)

@@ -325,7 +325,7 @@ def test_dollar_signs_in_file_names(phantom, tmp_path):
 
 
 def test_qc_pictures_draw_dollar_signs_literally(phantom, tmp_path):
-    from medpanoptic.qc import cohort_overview, qc_montage
+    from medpanoptic.io.qc import cohort_overview, qc_montage
 
     names = ["a$b$", "x$^$", "$$", "p$\\frac$"]
     overview = cohort_overview(names, [1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4], tmp_path / "overview.png", "l$_$")

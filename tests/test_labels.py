@@ -4,13 +4,14 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from medpanoptic.errors import LabelSetError
+from medpanoptic.io.atomic import atomic_write_json
 from medpanoptic.labels import LabelClass, LabelSet, ct_lesion_labels, nuclei_labels
 
 
 def test_round_trip_json(tmp_path):
     labels = ct_lesion_labels()
     path = tmp_path / "labels.json"
-    labels.save(path)
+    atomic_write_json(path, labels.to_dict())
     assert LabelSet.load(path) == labels
     assert json.loads(path.read_text())["classes"][2]["kind"] == "thing"
 

@@ -5,7 +5,7 @@ import torch
 from medpanoptic.errors import PanopticError
 from medpanoptic.labels import ct_lesion_labels
 from medpanoptic.pair import (
-    check_pair, decode_panoptic, encode_panoptic, instance_summary, instances_from_semantic, make_pair,
+    check_pair, decode_panoptic, encode_panoptic, instances_from_semantic, make_pair,
     relabel_sequential,
 )
 
@@ -53,8 +53,10 @@ def test_instance_spanning_two_classes_is_refused():
         check_pair(make_pair([[1, 2]], [[5, 5]]), labels)
 
 
-def test_instance_summary_against_direct_computation(oblique_ct):
-    summary = instance_summary(oblique_ct.pair, oblique_ct.pair.affine.numpy(), oblique_ct.label_set)
+def test_instance_table_against_direct_computation(oblique_ct):
+    from medpanoptic.io.table import instance_table
+
+    summary = instance_table(oblique_ct.pair, oblique_ct.label_set, affine=oblique_ct.pair.affine.numpy())
     arr = oblique_ct.pair.numpy()
     affine = oblique_ct.pair.affine.numpy()
     voxel_mm3 = abs(np.linalg.det(affine[:3, :3]))

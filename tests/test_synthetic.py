@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from medpanoptic.pair import check_pair, instance_summary
+from medpanoptic.io.table import instance_table
+from medpanoptic.pair import check_pair
 from medpanoptic.synthetic import ct_phantom, grid_affine, nuclei_phantom, oblique_direction
 
 
@@ -67,6 +68,6 @@ def test_rgb_nuclei():
 
 def test_lesion_volumes_are_in_requested_range():
     ph = ct_phantom(lesion_radius_mm=(5.0, 6.0), touching_fraction=0, n_lesions=5, seed=3)
-    for s in instance_summary(ph.pair, ph.pair.affine.numpy()):
+    for s in instance_table(ph.pair, affine=ph.pair.affine.numpy()):
         r = (3 * s["volume_mm3"] / (4 * np.pi)) ** (1 / 3)
         assert 5.0 * 0.6 < r < 6.0 * 1.4

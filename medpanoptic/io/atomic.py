@@ -7,6 +7,7 @@ and a set of files (label map, instance map, JSON) appears together or not at al
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from pathlib import Path
@@ -46,3 +47,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (UTF-8)."""
     with atomic_paths(path) as (tmp,):
         tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, document: object, indent: int = 2) -> None:
+    """Write a JSON document atomically (UTF-8), e.g. a label set: `atomic_write_json(path, labels.to_dict())`."""
+    atomic_write_text(path, json.dumps(document, indent=indent) + "\n")

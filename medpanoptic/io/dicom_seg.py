@@ -25,13 +25,15 @@ from monai.data import MetaTensor
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
+from .._version import __version__
 from ..errors import GeometryError, InputError
 from ..labels import Code, LabelSet
 from .atomic import atomic_paths
 from .dicom_read import SEG_SOP_CLASSES, is_dicom_file
 from .geometry import SLICE_SPACING_TOLERANCE, affine_from_plane_stack, from_ijk_order, lps_to_ras, ras_to_lps, same_grid, to_ijk_order
 from .scan import make_meta_tensor, read_scan
-from .segments import TRAILING_NUMBER, FoundSegment, Segment, classes_of_segments, label_set_of_segments, pair_from_segments, segment_map
+from .segments import (TRAILING_NUMBER, FoundSegment, Numbering, Segment, classes_of_segments, label_set_of_segments,
+                       pair_from_segments, segment_map)
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +98,13 @@ def write_dicom_seg(
     series_number: int = 900,
     algorithm_name: str = "medpanoptic",
     algorithm_version: str | None = None,
+    numbering: Numbering | None = None,
 ) -> Path:
     """Write `pair` (on the source scan's grid) as a DICOM SEG referencing the source series.
 
-    `source` is the scan from `read_scan` (its meta knows the files) or its DICOM folder/file.
+    `source` is the scan from `read_scan` (its meta knows the files) or its DICOM folder/file;
+    `numbering` is the pair's `segment_map`, when already made.
     """
-    from .. import __version__
-
     scan = source if isinstance(source, MetaTensor) else read_scan(source)
     where = str(scan.meta.get("filename_or_obj", source if not isinstance(source, MetaTensor) else "source"))
     if str(scan.meta.get("source_format", "")).split("-")[0] != "dicom":
@@ -110,9 +112,9 @@ def write_dicom_seg(
     if not same_grid(pair.shape[1:], np.asarray(pair.affine), scan.shape[1:], np.asarray(scan.affine)):
         raise GeometryError(where, f"the result {tuple(pair.shape[1:])} is not on the source scan's grid {tuple(scan.shape[1:])}")
     with ThreadPoolExecutor(max_workers=1) as pool:  # segment map and frame order (no GIL) while the headers are parsed
-        numbering = pool.submit(_frames_and_segments, pair, label_set)
+        made = pool.submit(_frames_and_segments, pair, label_set, numbering)
         datasets = [_as_highdicom_source(pydicom.dcmread(f, stop_before_pixels=True), f) for f in scan.meta["source_files"]]
-        frames, segments = numbering.result()
+        frames, segments = made.result()
     if not segments:
         raise InputError(where, "the result is empty: a DICOM SEG needs at least one segment")
     if scan.meta.get("source_format") == "dicom-enhanced":
@@ -145,9 +147,10 @@ def write_dicom_seg(
     return path
 
 
-def _frames_and_segments(pair, label_set: LabelSet) -> tuple[np.ndarray, list[Segment]]:
-    """Segment numbers as (slice, row, column) frames, slices in source order, and the segments."""
-    numbers, segments = segment_map(pair, label_set)
+def _frames_and_segments(pair, label_set: LabelSet, numbering: Numbering | None) -> tuple[np.ndarray, list[Segment]]:
+    """Segment numbers as (slice, row, column) frames, slices in source order, and the segments
+    (from `numbering`, the pair's `segment_map`, when already made)."""
+    numbers, segments = numbering or segment_map(pair, label_set)
     return from_ijk_order(numbers), segments
 
 

@@ -14,14 +14,12 @@ import csv
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..errors import InputError
 from .dicom_read import is_dicom_file, scan_folder
+from .formats import OUTPUT_SUFFIXES, SCAN_SUFFIXES
 from .paths import safe_component, unique_components
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
-OUTPUT_SUFFIXES = (".seg.nrrd", "_label.nii.gz", "_instance.nii.gz", "_pair.nii.gz")
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ def case_name(source: str | os.PathLike) -> str:
 
 def _bare_name(path: Path) -> str:
     name = path.name
-    for suffix in IMAGE_SUFFIXES + (".dcm",):
+    for suffix in SCAN_SUFFIXES + (".dcm",):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name if path.is_dir() or not path.suffix else path.stem  # a folder keeps its dots (UID names)
@@ -53,7 +51,7 @@ def _bare_name(path: Path) -> str:
 
 def _is_image_file(path: Path) -> bool:
     name = path.name.lower()
-    return name.endswith(IMAGE_SUFFIXES) and not name.endswith(OUTPUT_SUFFIXES)
+    return name.endswith(SCAN_SUFFIXES) and not name.endswith(OUTPUT_SUFFIXES)
 
 
 def _from_folder(folder: Path) -> list[ScanInput]:
@@ -99,26 +97,23 @@ def _from_manifest(path: Path) -> list[ScanInput]:
     return found
 
 
-def default_cache() -> Path:
-    """Where retrieved series are kept when no cache folder is given: $MEDPANOPTIC_CACHE or ~/.cache/medpanoptic."""
-    return Path(os.environ.get("MEDPANOPTIC_CACHE") or Path.home() / ".cache" / "medpanoptic") / "pacs"
+Resolver = Callable[[object], "list[ScanInput] | None"]
+"""Cases for an input that is not a path (a DICOM node address), or None for one it does not claim."""
 
 
-def find_scans(inputs: Iterable[str | os.PathLike], cache: str | os.PathLike | None = None) -> list[ScanInput]:
+def find_scans(inputs: Iterable[str | os.PathLike], resolve: Resolver | None = None) -> list[ScanInput]:
     """The cases named by `inputs`, in order, with unique case ids that are safe path components
-    (`../../X` becomes `X`; a clash, ignoring letter case, gets `_2`, `_3`...). DICOM node
-    addresses (`dicomweb://`, `dimse://`) are queried now and retrieved into `cache` when read
-    (see `medpanoptic.remote.pull`)."""
-    from ..remote import is_remote
-
+    (`../../X` becomes `X`; a clash, ignoring letter case, gets `_2`, `_3`...). `resolve` turns
+    inputs that are not paths into cases: `medpanoptic.remote.pull.node_cases(cache)` queries
+    DICOM node addresses (`dicomweb://`, `dimse://`) now; their series are retrieved into
+    `cache` when read."""
     found: list[ScanInput] = []
     for item in inputs:
         path = Path(item)
-        if is_remote(item):
-            from ..remote.pull import remote_scans
-
-            found += remote_scans(str(item), Path(cache) if cache else default_cache())
-        elif path.is_dir() and not path.name.lower().endswith(IMAGE_SUFFIXES):
+        resolved = resolve(item) if resolve is not None else None
+        if resolved is not None:
+            found += resolved
+        elif path.is_dir() and not path.name.lower().endswith(SCAN_SUFFIXES):
             found += _from_folder(path)
         elif path.suffix.lower() == ".csv":
             found += _from_manifest(path)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeometryError, InputError
+from .formats import SCAN_FORMAT_OF
 from .geometry import check_spacing
 from .limits import truncated
 from .paths import inside
@@ -104,7 +105,7 @@ def read_meta_header(path: Path) -> TextHeader:
 
 def read_text_header(path: Path, suffix: str) -> TextHeader:
     """The header of a .nrrd/.nhdr or .mha/.mhd file."""
-    return read_nrrd_header(path) if suffix in (".nrrd", ".nhdr") else read_meta_header(path)
+    return read_nrrd_header(path) if SCAN_FORMAT_OF[suffix].name == "nrrd" else read_meta_header(path)
 
 
 def _numbers(path: Path, field: str, text: str) -> list[float]:
@@ -140,7 +141,7 @@ def _meta_spacing(header: TextHeader) -> list[float] | None:
 
 def check_header_geometry(header: TextHeader, suffix: str, allow_guessed_geometry: bool = False) -> None:
     """Refuse a zero, negative or non-finite voxel size; a missing one only with a logged override."""
-    nrrd = suffix in (".nrrd", ".nhdr")
+    nrrd = SCAN_FORMAT_OF[suffix].name == "nrrd"
     spacing = _nrrd_spacing(header) if nrrd else _meta_spacing(header)
     field = ("space directions" if "space directions" in header.fields else "spacings") if nrrd else "ElementSpacing"
     if spacing is None:

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..labels import LabelSet
 from .atomic import atomic_paths
 from .nifti import write_nifti
-from .segments import Segment, segment_map
+from .segments import Numbering, Segment, segment_map
 
 
 def itksnap_labels(segments: list[Segment]) -> str:
@@ -87,9 +87,11 @@ def _lines(path: str | os.PathLike) -> list[str]:
         raise InputError(path, f"cannot read as a UTF-8 label file ({e})") from None
 
 
-def write_labelmap(pair, label_set: LabelSet, stem: str | os.PathLike) -> dict[str, Path]:
-    """`<stem>_segments.nii.gz` (uint16 segment numbers), `<stem>_segments.itksnap.txt`, `<stem>_segments.ctbl`."""
-    numbers, segments = segment_map(pair, label_set)
+def write_labelmap(pair, label_set: LabelSet, stem: str | os.PathLike, numbering: Numbering | None = None) -> dict[str, Path]:
+    """`<stem>_segments.nii.gz` (uint16 segment numbers), `<stem>_segments.itksnap.txt`, `<stem>_segments.ctbl`.
+
+    `numbering` is the pair's `segment_map`, when already made."""
+    numbers, segments = numbering or segment_map(pair, label_set)
     paths = {"labelmap": Path(f"{stem}_segments.nii.gz"), "itksnap": Path(f"{stem}_segments.itksnap.txt"),
              "slicer": Path(f"{stem}_segments.ctbl")}
     with atomic_paths(*paths.values()) as (nifti, itksnap, slicer):

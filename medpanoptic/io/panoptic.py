@@ -20,12 +20,13 @@ from monai.data import MetaTensor
 
 from ..errors import GeometryError, InputError, LabelSetError, PanopticError
 from ..labels import LabelSet
-from ..pair import INSTANCE, LABEL, check_pair, instance_summary, instances_from_semantic
+from ..pair import INSTANCE, LABEL, check_pair, instances_from_semantic
 from .atomic import atomic_paths
 from .geometry import from_ijk_order, same_grid
 from .itk import array_from_sitk
 from .nifti import read_nifti, write_nifti
 from .scan import make_meta_tensor
+from .table import instance_table
 
 FORMAT_NAME = "medpanoptic.panoptic"
 FORMAT_VERSION = 1
@@ -60,6 +61,7 @@ def write_panoptic(
     single_file: bool = False,
     compress: bool = True,
     extra: dict | None = None,
+    instances: list[dict] | None = None,
 ) -> dict[str, Path]:
     """Write a panoptic pair and its label set; all files appear together or none does.
 
@@ -67,7 +69,10 @@ def write_panoptic(
     the NIfTI geometry). With `single_file`, the pair is also written as one two-component
     NIfTI. The source's patient, study, series and frame of reference in the pair's meta (see
     `IDENTITY_KEYS`) are recorded, so that an export against another patient's series is refused.
-    `extra` goes into the JSON (e.g. the bundle and the source scan). Returns the paths.
+    `extra` goes into the JSON (e.g. the bundle and the source scan). The JSON's `instances`
+    are the instance table (`io.table`); pass `instances` when it is already made for this pair
+    (a `PanopticResult` has it, from its checked statistics), else the pair is checked and the
+    table made here. Returns the paths.
     """
     affine = np.asarray(pair.affine if isinstance(pair, MetaTensor) else np.eye(4), dtype=float)
     arr = np.asarray(pair.detach().cpu())
@@ -80,8 +85,8 @@ def write_panoptic(
         with ThreadPoolExecutor(max_workers=2) as pool:
             label_job = pool.submit(_write_map, tmp["label"], arr[LABEL], affine, compress)
             instance_job = pool.submit(_write_map, tmp["instance"], arr[INSTANCE], affine, compress, 255)
-            stats = check_pair(pair, label_set)
-            instances = instance_summary(arr, affine, label_set, stats=stats)
+            if instances is None:
+                instances = instance_table(arr, label_set, stats=check_pair(pair, label_set), affine=affine)
             label, instance = label_job.result(), instance_job.result()
         if single_file:
             both = np.stack([label.astype(instance.dtype), instance])

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .dicom_read import is_dicom_file, read_dicom
+from .formats import SCAN_SUFFIXES, ScanFormat, scan_format, scan_suffix
 from .geometry import check_spacing
 from .itk import array_from_sitk
 from .itk_header import check_header_geometry, check_payload, read_text_header
@@ -24,21 +25,6 @@ if TYPE_CHECKING:
     from monai.data import MetaTensor
 
 FILENAME_KEY = "filename_or_obj"  # MONAI's ImageMetaKey.FILENAME_OR_OBJ, without importing MONAI
-
-ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-"""Single-file formats read through SimpleITK. DICOM is recognised by content, not name."""
-
-TEXT_HEADER_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-"""Physical formats whose text header is checked before ITK reads them (spacing, size, data file)."""
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for s in sorted(ITK_SUFFIXES, key=len, reverse=True):
-        if name.endswith(s):
-            return s
-    return path.suffix.lower()
-
 
 def make_meta_tensor(array: np.ndarray, affine: np.ndarray, meta: dict) -> MetaTensor:
     """Wrap a channel-first array as a MetaTensor whose affine (RAS) is also its original affine."""
@@ -105,22 +91,24 @@ def load_scan(
         volume = read_dicom(path, series_uid, max_bytes)
         meta = {**volume.meta, FILENAME_KEY: str(path)}
         return _network_ready(volume.array[None], path, "dicom"), volume.affine, meta
-    suffix = _suffix(path)
-    if suffix not in ITK_SUFFIXES:
-        raise InputError(path, f"unsupported file type '{suffix or path.name}' (expected a DICOM file or folder, or one of {', '.join(ITK_SUFFIXES)})")
-    if suffix in (".nii", ".nii.gz"):
+    fmt, suffix = scan_format(path), scan_suffix(path)
+    if fmt is None or suffix is None:
+        raise InputError(path, f"unsupported file type '{path.suffix.lower() or path.name}' "
+                               f"(expected a DICOM file or folder, or one of {', '.join(sorted(SCAN_SUFFIXES))})")
+    if fmt.reader == "nifti":
         array, affine = read_nifti(path, allow_guessed_geometry, max_bytes)
         return _finish(array, affine, path, suffix)
-    image = _read_itk(path, suffix, allow_guessed_geometry, max_bytes)
-    if image.GetDimension() > 3 or (image.GetDimension() == 3 and image.GetSize()[2] == 1 and suffix in (".png", ".jpg", ".jpeg", ".bmp")):
+    image = _read_itk(path, fmt, suffix, allow_guessed_geometry, max_bytes)
+    if image.GetDimension() > 3 or (image.GetDimension() == 3 and image.GetSize()[2] == 1 and fmt.picture):
         image = _squeeze(image, path)
     array, affine = array_from_sitk(image, str(path))
     return _finish(array, affine, path, suffix)
 
 
-def _read_itk(path: Path, suffix: str, allow_guessed_geometry: bool, max_bytes: int | None) -> sitk.Image:
-    """A SimpleITK image, read only after its header passed the geometry, size and length checks."""
-    header = read_text_header(path, suffix) if suffix in TEXT_HEADER_SUFFIXES else None
+def _read_itk(path: Path, fmt: ScanFormat, suffix: str, allow_guessed_geometry: bool, max_bytes: int | None) -> sitk.Image:
+    """A SimpleITK image, read only after its header (for `fmt.text_header` formats) passed the
+    geometry, size and length checks."""
+    header = read_text_header(path, suffix) if fmt.text_header else None
     if header is not None:
         check_header_geometry(header, suffix, allow_guessed_geometry)
     reader = sitk.ImageFileReader()

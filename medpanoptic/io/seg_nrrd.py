@@ -24,7 +24,8 @@ from ..labels import Code, LabelSet
 from .atomic import atomic_paths
 from .geometry import from_ijk_order, lps_to_ras, ras_to_lps, to_ijk_order
 from .scan import make_meta_tensor
-from .segments import FoundSegment, Segment, classes_of_segments, label_set_of_segments, pair_from_segments, segment_map
+from .segments import (FoundSegment, Numbering, Segment, classes_of_segments, label_set_of_segments, pair_from_segments,
+                       segment_map)
 
 CONTEXT = "Segmentation category and type - medpanoptic"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -65,9 +66,12 @@ def codes_of_terminology(entry: dict | None, decode=str) -> dict[str, Code]:
     return codes
 
 
-def write_seg_nrrd(pair, label_set: LabelSet, path: str | os.PathLike, compression_level: int = 1) -> Path:
-    """Write a pair as a Slicer segmentation (one layer; segment numbers as label values)."""
-    numbers, segments = segment_map(pair, label_set)
+def write_seg_nrrd(pair, label_set: LabelSet, path: str | os.PathLike, compression_level: int = 1,
+                   numbering: Numbering | None = None) -> Path:
+    """Write a pair as a Slicer segmentation (one layer; segment numbers as label values).
+
+    `numbering` is the pair's `segment_map`, when already made."""
+    numbers, segments = numbering or segment_map(pair, label_set)
     ijk_to_lps = ras_to_lps(pair.affine)
     if numbers.ndim == 2:
         numbers = numbers[:, :, None]

@@ -16,6 +16,7 @@ import torch
 from ..errors import InputError, LabelSetError, PanopticError
 from ..labels import (OPTIONAL_CODE_FIELDS, SCT_ANATOMICAL_STRUCTURE, SCT_MORPHOLOGICALLY_ABNORMAL, SCT_TISSUE, Code,
                       LabelClass, LabelSet)
+from ..pair import PairStats
 
 MAX_SEGMENTS = 65535
 
@@ -52,25 +53,25 @@ def _segment(number: int, cls: LabelClass, instance: int) -> Segment:
                    cls.type_modifier, cls.anatomic_region, cls.anatomic_region_modifier)
 
 
-def segment_map(pair, label_set: LabelSet) -> tuple[np.ndarray, list[Segment]]:
+Numbering = tuple[np.ndarray, list[Segment]]
+"""What `segment_map` gives: the segment-number map and the segments in number order."""
+
+
+def segment_map(pair, label_set: LabelSet, stats: PairStats | None = None) -> Numbering:
     """The compact segment-number map (uint16, spatial) of a pair, and its segments in number order.
 
-    The thing voxels are found once to number the instances; one compiled pass then writes
-    every voxel's number (stuff by class, things by instance) and counts the stuff classes.
+    The instances and their classes come from `stats` (the pair's `pair_stats`) when given,
+    else from one gather over the thing voxels; one compiled pass then writes every voxel's
+    number (stuff by class, things by instance) and counts the stuff classes.
     """
     from .._kernels import segment_numbers
 
     arr = np.asarray(pair.detach().cpu() if isinstance(pair, torch.Tensor) else pair)
     label, instance = np.ascontiguousarray(arr[0]), np.ascontiguousarray(arr[1])
-    if label.size and (int(label.min()) < 0 or int(label.max()) > label_set.max_id):
+    low_high = _label_range(label, stats)
+    if low_high is not None and not (low_high[0] >= 0 and low_high[1] <= label_set.max_id):
         raise PanopticError(f"labels outside the label set's ids 0..{label_set.max_id}")
-    flat = torch.from_numpy(instance.reshape(-1))
-    fg = torch.nonzero(flat).flatten()
-    fg_instance = flat[fg].long()
-    fg_label = torch.from_numpy(label.reshape(-1))[fg].long()
-    ids = torch.unique(fg_instance).tolist()
-    thing_labels = np.zeros(max(ids, default=0) + 1, np.int64)
-    thing_labels[fg_instance.numpy()] = fg_label.numpy()
+    ids, thing_labels = _things(label, instance) if stats is None else (stats.ids.tolist(), stats.label_low)
     stuff = [c for c in label_set if not c.is_thing]
     if len(stuff) + len(ids) > MAX_SEGMENTS:
         raise PanopticError(f"{len(stuff) + len(ids)} segments do not fit a 16-bit viewer label map (at most {MAX_SEGMENTS})")
@@ -79,7 +80,7 @@ def segment_map(pair, label_set: LabelSet) -> tuple[np.ndarray, list[Segment]]:
     for k, c in enumerate(stuff, start=1):
         stuff_lut[c.id] = k
     order = sorted(ids, key=lambda i: (int(thing_labels[i]), i))
-    thing_lut = np.zeros(len(thing_labels), np.uint16)
+    thing_lut = np.zeros(max(ids, default=0) + 1, np.uint16)
     thing_lut[order] = np.arange(len(stuff) + 1, len(stuff) + len(order) + 1)
     numbers, counts = segment_numbers(label, instance, stuff_lut, thing_lut)
     present = [c for c in stuff if counts[c.id]]
@@ -92,6 +93,26 @@ def segment_map(pair, label_set: LabelSet) -> tuple[np.ndarray, list[Segment]]:
     for inst in order:
         segments.append(_segment(len(segments) + 1, label_set[int(thing_labels[inst])], int(inst)))
     return numbers, segments
+
+
+def _label_range(label: np.ndarray, stats: PairStats | None) -> tuple[int, int] | None:
+    """The smallest and largest label present (None for an empty map); read off `stats` when given."""
+    if stats is not None:
+        present = np.flatnonzero(stats.label_voxels.sum(axis=0))
+        return (int(present[0]), int(present[-1])) if present.size else None
+    return (int(label.min()), int(label.max())) if label.size else None
+
+
+def _things(label: np.ndarray, instance: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The instance ids present, and per id its class (from one gather over the thing voxels)."""
+    flat = torch.from_numpy(instance.reshape(-1))
+    fg = torch.nonzero(flat).flatten()
+    fg_instance = flat[fg].long()
+    fg_label = torch.from_numpy(label.reshape(-1))[fg].long()
+    ids = torch.unique(fg_instance).tolist()
+    thing_labels = np.zeros(max(ids, default=0) + 1, np.int64)
+    thing_labels[fg_instance.numpy()] = fg_label.numpy()
+    return ids, thing_labels
 
 
 TRAILING_NUMBER = re.compile(r"(\d+)\s*$")

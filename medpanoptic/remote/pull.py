@@ -5,16 +5,29 @@ previous case), and not at all when the case is already done.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import MedPanopticError, RemoteError
-from ..io.inputs import ScanInput
+from ..io.inputs import Resolver, ScanInput
 from ..io.paths import safe_component
 from .cache import clear_failed, fill_series, mark_failed, missing, series_folder
 from .node import Node, SeriesRef, open_node, select_series
+from . import is_remote
 from .urls import parse_node
+
+
+def default_cache() -> Path:
+    """Where retrieved series are kept when no cache folder is given: $MEDPANOPTIC_CACHE or ~/.cache/medpanoptic."""
+    return Path(os.environ.get("MEDPANOPTIC_CACHE") or Path.home() / ".cache" / "medpanoptic") / "pacs"
+
+
+def node_cases(cache: str | os.PathLike | None = None) -> Resolver:
+    """For `io.inputs.find_scans`: a DICOM node address becomes its cases, retrieved into `cache`."""
+    folder = Path(cache) if cache else default_cache()
+    return lambda item: remote_scans(str(item), folder) if is_remote(item) else None
 
 
 def fetch_series(node: Node, ref: SeriesRef, folder: Path, expected: list[str]) -> None:

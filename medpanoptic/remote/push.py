@@ -16,13 +16,16 @@ from pydicom.uid import generate_uid
 
 from ..errors import InputError, MedPanopticError, RemoteError
 from ..io.atomic import atomic_paths, atomic_write_text
+from ..io.formats import WRITERS
 from ..io.paths import inside
 from .node import Node, open_node
 from .urls import parse_node
 
 log = logging.getLogger(__name__)
 DONE = "done.json"
-SEG_SUFFIX = "_seg.dcm"
+STORED_FORMAT = "dicom-seg"
+"""The format whose file goes back to the node (a name of `io.formats.WRITERS`)."""
+SEG_SUFFIX = WRITERS[STORED_FORMAT].suffixes[0]
 
 
 def _record(case_dir: Path) -> dict:

@@ -18,9 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .io.atomic import atomic_paths
-from .labels import LabelSet
-from .pair import pair_stats
+from ..labels import LabelSet
+from ..pair import PairStats, pair_stats
+from .atomic import atomic_paths
 
 
 def _figure(n_panels: int, panel_inches: float = 4.0):
@@ -40,9 +40,12 @@ def _grey(image: np.ndarray, is_ct: bool) -> np.ndarray:
     return np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def _choose_slices(label: np.ndarray, instance: np.ndarray, label_set: LabelSet, n: int) -> list[int]:
-    """Axial indices through the largest thing instances, then through the largest stuff class."""
-    stats = pair_stats(np.stack([label, instance]))
+def _choose_slices(label: np.ndarray, instance: np.ndarray, label_set: LabelSet, n: int,
+                   stats: PairStats | None = None) -> list[int]:
+    """Axial indices through the largest thing instances, then through the largest stuff class.
+
+    Sizes come from `stats` (the pair's `pair_stats`), else from one pass over the pair."""
+    stats = stats if stats is not None else pair_stats(np.stack([label, instance]))
     slices: list[int] = []
     if stats is not None and len(stats.ids):
         order = sorted(stats.ids.tolist(), key=lambda i: -stats.instance_voxels[i])
@@ -52,14 +55,23 @@ def _choose_slices(label: np.ndarray, instance: np.ndarray, label_set: LabelSet,
                 slices.append(k)
             if len(slices) == n - 1:
                 break
-    stuff = [c for c in label_set.stuff_ids if np.any(label == c)]
+    stuff_voxels = _stuff_voxels(label, label_set, stats)
+    stuff = [c for c in label_set.stuff_ids if stuff_voxels[c]]
     if stuff:
-        biggest = max(stuff, key=lambda c: int(np.count_nonzero(label == c)))
+        biggest = max(stuff, key=lambda c: stuff_voxels[c])
         ks = np.nonzero((label == biggest).any(axis=(0, 1)))[0]
         slices.append(int(ks[len(ks) // 2]))
     if not slices:
         slices.append(label.shape[2] // 2)
     return sorted(set(slices))[:n]
+
+
+def _stuff_voxels(label: np.ndarray, label_set: LabelSet, stats: PairStats | None) -> dict[int, int]:
+    """Voxels of each stuff class, read off `stats` when it has them."""
+    if stats is None:
+        return {c: int(np.count_nonzero(label == c)) for c in label_set.stuff_ids}
+    without_instance = stats.label_voxels[0]
+    return {c: int(without_instance[c]) if c < len(without_instance) else 0 for c in label_set.stuff_ids}
 
 
 def _panel(ax, image2d: np.ndarray, label2d: np.ndarray, instance2d: np.ndarray, label_set: LabelSet, title: str) -> None:
@@ -83,8 +95,11 @@ def _panel(ax, image2d: np.ndarray, label2d: np.ndarray, instance2d: np.ndarray,
     ax.set_axis_off()
 
 
-def qc_montage(image, pair, label_set: LabelSet, path: str | os.PathLike, title: str = "", n_slices: int = 3) -> Path:
-    """Write the case's QC montage PNG (see the module docstring); returns its path."""
+def qc_montage(image, pair, label_set: LabelSet, path: str | os.PathLike, title: str = "", n_slices: int = 3,
+               stats: PairStats | None = None) -> Path:
+    """Write the case's QC montage PNG (see the module docstring); returns its path.
+
+    `stats` is the pair's `pair_stats`, when already gathered."""
     values = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
     arr = np.asarray(pair.detach().cpu() if hasattr(pair, "detach") else pair)
     label, instance = arr[0], arr[1]
@@ -95,7 +110,7 @@ def qc_montage(image, pair, label_set: LabelSet, path: str | os.PathLike, title:
     else:
         grey = _grey(values[0], is_ct)
         panels = [(grey[:, :, k], label[:, :, k], instance[:, :, k], f"slice k={k}")
-                  for k in _choose_slices(label, instance, label_set, n_slices)]
+                  for k in _choose_slices(label, instance, label_set, n_slices, stats)]
     fig = _figure(len(panels))
     for i, (img, lab, inst, name) in enumerate(panels):
         _panel(fig.add_subplot(1, len(panels), i + 1), img, lab, inst, label_set, name)
