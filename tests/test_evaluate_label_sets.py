@@ -8,6 +8,7 @@ import pytest
 from medpanoptic.cli import main
 from medpanoptic.errors import LabelSetError
 from medpanoptic.io import write_panoptic
+from medpanoptic.io.atomic import atomic_write_json
 from medpanoptic.io.nifti import write_nifti
 from medpanoptic.labels import LabelSet
 from medpanoptic.metrics.evaluate import evaluate_folders
@@ -45,7 +46,7 @@ def test_a_label_map_case_without_a_label_set_is_an_error_row_not_an_unknown_cla
     assert [e["case"] for e in report.errors] == ["a"]
     assert "a.nii.gz: a label map without a label set" in report.errors[0]["error"]
     assert "--labels labels.json" in report.errors[0]["error"]
-    phantom.label_set.save(tmp_path / "labels.json")
+    atomic_write_json(tmp_path / "labels.json", phantom.label_set.to_dict())
     code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
                  "--labels", str(tmp_path / "labels.json"), "--out", str(tmp_path / "r.csv")])
     assert code == 0

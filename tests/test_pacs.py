@@ -352,13 +352,14 @@ def test_dimse_lists_at_once_retrieves_when_read_over_one_reused_association(ort
                                                                               tmp_path, caplog):
     from medpanoptic.cohort import PACS_CACHE, segment_cohort
     from medpanoptic.io.inputs import find_scans
+    from medpanoptic.remote.pull import node_cases
 
     first, study = _series(tmp_path / "dicom", "reuse_a", 307, "REUSE")
     second, second_study = _series(tmp_path / "dicom", "reuse_b", 308, "REUSE")
     orthanc.upload(first + second)
     source = with_query(orthanc.dimse, patient="REUSE")
 
-    scans = find_scans([source], cache=tmp_path / "cache")
+    scans = find_scans([source], node_cases(tmp_path / "cache"))
     assert len(scans) == 2 and not list((tmp_path / "cache").rglob("*.dcm"))  # listed, nothing retrieved yet
     node = scans[0].remote.node
     assert scans[1].remote.node is node and node.associations_opened == 1  # 2 C-FINDs + 2 listings: one association
