@@ -8,6 +8,9 @@ The bounding box is in voxel indices of the result's grid, as a Python slice: `b
 is the first index inside the instance (inclusive), `bbox_stop_voxel` one past the last
 (exclusive), so `array[i0:i1, j0:j1, k0:k1]` holds the instance and `stop - min` is its extent
 in voxels. In the CSV they are split into `_i`, `_j`, `_k` columns.
+
+3D thing rows also carry the clinical measures of `medpanoptic.clinical.measures`: RECIST long
+and short axis, maximal 3D diameter, host organ and its fraction of the lesion's shell.
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ def instance_table(pair, label_set: LabelSet, image=None, scores: Mapping[int, f
             row["max_intensity"] = float(maxima[i])
         if scores is not None:
             row["score"] = float(scores.get(i, float("nan")))
-    return rows
+    from .clinical.measures import add_clinical_measures
+
+    return add_clinical_measures(rows, pair, label_set, image)
 
 
 def write_instance_table(rows: list[dict], stem: str | os.PathLike) -> dict[str, Path]:
