@@ -24,7 +24,7 @@ from .errors import InputError
 from .labels import LabelSet
 
 BUNDLES_ENV = "MEDPANOPTIC_BUNDLES"
-SAVE_FORMATS = ("nifti", "dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "tiff", "png")
+SAVE_FORMATS = ("nifti", "dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "tiff", "png", "sr")
 
 
 _BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -141,7 +141,7 @@ class PanopticResult:
             written.update({f"nifti_{k}": v for k, v in write_panoptic(self.pair, stem, self.label_set, extra=extra).items()})
         exports = [f for f in formats if f not in ("nifti", "png")]
         if not self.is_dicom:  # a DICOM SEG references DICOM source slices: NIfTI and other sources have none
-            exports = [f for f in exports if not f.startswith("dicom-seg")]
+            exports = [f for f in exports if not f.startswith("dicom-seg") and f != "sr"]
         if exports:
             written.update(export(self.pair, self.label_set, stem, exports, self.source, self.scores))
         if "png" in formats:

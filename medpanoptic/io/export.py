@@ -12,7 +12,7 @@ from ..errors import GeometryError, InputError
 from ..labels import LabelSet
 from .panoptic import source_identity
 
-FORMATS = ("dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "tiff")
+FORMATS = ("dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "labelmap", "table", "tiff", "sr")
 
 
 def export(
@@ -39,6 +39,8 @@ def export(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InputError(None, f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    if "sr" in formats and "dicom-seg" not in formats:  # the SR references the lesions' segments
+        formats.insert(formats.index("sr"), "dicom-seg")
     if any(f.startswith("dicom-seg") for f in formats) and source is None:
         raise InputError(None, "DICOM SEG export needs the source DICOM scan (--source)")
     if any(f.startswith("dicom-seg") for f in formats):
@@ -55,6 +57,10 @@ def export(
             written.update(write_labelmap(pair, label_set, stem))
         elif fmt == "tiff":
             written.update({f"tiff_{k}": v for k, v in write_tiff_maps(pair, stem).items()})
+        elif fmt == "sr":
+            from ..clinical.sr import write_sr
+
+            written[fmt] = write_sr(pair, label_set, source, written["dicom-seg"], f"{stem}_sr.dcm")
         elif fmt == "table":
             image = source if source is not None and tuple(source.shape[1:]) == tuple(pair.shape[1:]) else None
             paths = write_instance_table(instance_table(pair, label_set, image, scores), stem)
