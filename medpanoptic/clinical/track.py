@@ -242,6 +242,10 @@ def write_follow_up(result: FollowUp, timepoints: Sequence[TimePoint], out: str 
                  "tracking_uid": by_instance[r["instance"]]["tracking_uid"]} for r in tp.rows if r["instance"] in by_instance]
         stem = inside(out, out / f"{k:02d}_{name}")
         written.update({f"{k:02d}_{name}_{key}": p for key, p in write_instance_table(rows, stem).items()})
+    from .html import write_report_page
+
+    written["report"] = write_report_page(out, "medpanoptic follow-up", {"Time points (RECIST 1.1)": result.timepoints,
+                                          "Lesions": result.lesions}, {"lesion volume over time": written["volumes"]})
     return written
 
 

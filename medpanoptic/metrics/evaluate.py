@@ -132,6 +132,11 @@ class EvaluationReport:
                 _write_csv(tmp, rows)
         if self.instances and self.per_image:
             paths += write_froc(froc(self.instances, len(self.per_image)), Path(out).with_suffix(""))
+        from ..clinical.html import write_report_page
+
+        plots = {"FROC": p for p in paths if p.suffix == ".png"}
+        paths.append(write_report_page(Path(out).parent, "medpanoptic evaluation", {
+            "Summary": self.summary_rows(), "Cases": self.cases + self.errors, "Instances": self.instances}, plots))
         return paths
 
 
