@@ -358,6 +358,36 @@ def run_listen(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- track --------------------------------------------------------------------------------
+def _configure_track(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", help="BASELINE FOLLOWUP [MORE...]: results (stems or case folders), earliest first")
+    p.add_argument("--scans", nargs="+", help="the scans of the results, same order (registration on intensities)")
+    p.add_argument("--out", required=True, help="output folder: lesions.csv, timepoints.csv, volumes.png, report.html")
+    p.add_argument("--registered", action="store_true", help="the results already share one frame: skip registration")
+    p.add_argument("--grown", type=float, default=0.2, help="long-axis growth that makes a lesion 'grown' (default 0.2)")
+    p.add_argument("--shrunk", type=float, default=0.3, help="long-axis shrinkage that makes it 'shrunk' (default 0.3)")
+    p.add_argument("--max-distance-mm", type=float, default=10.0, help="centroid distance for matching without overlap")
+
+
+def run_track(args: argparse.Namespace) -> int:
+    from .clinical.track import Thresholds, follow_up, load_timepoint, write_follow_up
+
+    if len(args.results) < 2:
+        raise MedPanopticError("track needs a baseline and at least one follow-up result")
+    if args.scans and len(args.scans) != len(args.results):
+        raise MedPanopticError(f"--scans gives {len(args.scans)} scan(s) for {len(args.results)} result(s)")
+    scans = args.scans or [None] * len(args.results)
+    timepoints = [load_timepoint(r, s) for r, s in zip(args.results, scans)]
+    thresholds = Thresholds(grown=args.grown, shrunk=args.shrunk, max_distance_mm=args.max_distance_mm)
+    result = follow_up(timepoints, registered=args.registered, thresholds=thresholds)
+    written = write_follow_up(result, timepoints, args.out)
+    for row in result.timepoints:
+        print(f"{row['timepoint_name']}: {row['n_lesions']} lesion(s), sum of diameters {row['sum_of_diameters_mm']:.1f} mm"
+              f" -> {row['response']} ({row['rule']})")
+    print(f"wrote {len(written)} file(s) to {args.out}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "demo": ("segment a built-in CT phantom with the shipped 3D bundle and export every format", _configure_demo, run_demo),
     "segment": ("segment scans or a whole cohort with a bundle (resumable, errors.csv, torchrun)", _configure_segment, run_segment),
@@ -366,6 +396,8 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "phantom": ("write synthetic phantoms with panoptic truth as a Decathlon-layout dataset", _configure_phantom, run_phantom),
     "export": ("write a result as DICOM SEG, Slicer .seg.nrrd, viewer label map and instance table", _configure_export, run_export),
     "evaluate": ("panoptic quality and lesion-wise figures of predictions against ground truth", _configure_evaluate, run_evaluate),
+    "track": ("follow-up: register time points, match lesions (new/vanished/merged/split/grown), RECIST response",
+              _configure_track, run_track),
 }
 
 
@@ -404,7 +436,7 @@ def _command_in(argv: Sequence[str]) -> str | None:
 
 def _subject(args: argparse.Namespace) -> str:
     """What the command was working on, for messages: its input path(s)."""
-    for key in ("scan", "stem", "pred", "inputs", "out"):
+    for key in ("scan", "stem", "pred", "inputs", "results", "out"):
         value = getattr(args, key, None)
         if value:
             return ", ".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -384,4 +384,9 @@ def write_cohort_summary(out: Path, cases: Sequence[str], report: CohortReport, 
         things = ", ".join(c.name for c in label_set if c.is_thing) or "things"
         paths.append(cohort_overview([r["case"] for r in case_rows], [r["n_instances"] for r in case_rows],
                                      [r["thing_volume_ml"] for r in case_rows], out / "cohort_overview.png", things))
+    from .clinical.html import write_report_page
+
+    thumbnails = {c: case_folder(out, c) / f"{c}_qc.png" for c in cases if c not in failed}
+    paths.append(write_report_page(out, "medpanoptic segmentation", {"Cases": case_rows, "Instances": instance_rows,
+                                   "Errors": report.failed}, {"cohort overview": out / "cohort_overview.png", **thumbnails}))
     return paths

@@ -112,6 +112,8 @@ class Writer:
     description: str
     needs_dicom: bool = False
     check: Callable[[Result], None] | None = None
+    requires: tuple[str, ...] = ()
+    """Formats whose files this one references; `write_formats` writes them first when not asked for."""
 
 
 def _write_nifti(result: Result, stem) -> dict[str, Path]:
@@ -157,6 +159,14 @@ def _dicom_seg_writer(name: str, suffix: str, segmentation_type: str) -> WriteFn
     return write
 
 
+def _write_sr(result: Result, stem) -> dict[str, Path]:
+    from .dicom_sr import write_sr
+
+    stem = os.fspath(stem)
+    return {"sr": write_sr(result.pair, result.label_set, result.source, f"{stem}_seg.dcm", f"{stem}_sr.dcm",
+                           rows=result.instance_table)}
+
+
 def _write_seg_nrrd(result: Result, stem) -> dict[str, Path]:
     from .seg_nrrd import write_seg_nrrd
 
@@ -199,6 +209,8 @@ WRITERS: dict[str, Writer] = {w.name: w for w in (
            "DICOM Segmentation (BINARY) referencing the source series", needs_dicom=True, check=_check_dicom_source),
     Writer("dicom-seg-labelmap", ("_seg_labelmap.dcm",), _dicom_seg_writer("dicom-seg-labelmap", "_seg_labelmap.dcm", "LABELMAP"),
            "DICOM Segmentation (LABELMAP, RLE)", needs_dicom=True, check=_check_dicom_source),
+    Writer("sr", ("_sr.dcm",), _write_sr, "DICOM SR measurement report (TID 1500) of the lesions, referencing the SEG",
+           needs_dicom=True, check=_check_dicom_source, requires=("dicom-seg",)),
     Writer("seg-nrrd", (".seg.nrrd",), _write_seg_nrrd, "3D Slicer segmentation"),
     Writer("labelmap", ("_segments.nii.gz", "_segments.itksnap.txt", "_segments.ctbl"), _write_labelmap,
            "segment numbers (NIfTI) with ITK-SNAP and Slicer colour tables"),
@@ -214,12 +226,16 @@ OUTPUT_SUFFIXES = tuple(suffix for w in WRITERS.values() for suffix in w.suffixe
 
 
 def check_formats(formats: Iterable[str]) -> list[str]:
-    """The format names, in order, refused with the list of known ones if any is not registered."""
+    """The format names, in order, each preceded by the formats it requires (`sr` by `dicom-seg`);
+    refused with the list of known ones if any is not registered."""
     formats = list(formats)
     unknown = [f for f in formats if f not in WRITERS]
     if unknown:
         raise InputError(None, f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMAT_NAMES)}")
-    return formats
+    ordered: list[str] = []
+    for name in formats:
+        ordered += [f for f in (*WRITERS[name].requires, name) if f not in ordered]
+    return ordered
 
 
 def write_formats(result: Result, stem: str | os.PathLike, formats: Iterable[str]) -> dict[str, Path]:

@@ -13,6 +13,9 @@ format) and the `instances` of `<stem>_panoptic.json`. Units are in the column n
 | `bbox_min_voxel`, `bbox_stop_voxel` | bounding box in voxel indices of the result's grid, as a Python slice: `min` is the first index inside the instance (inclusive), `stop` one past the last (exclusive), so `array[i0:i1, j0:j1, k0:k1]` holds the instance and `stop - min` is its extent in voxels |
 | `mean_intensity`, `max_intensity` | image values inside the instance, in the image's units (HU for CT), when the image is given |
 | `score` | the model's confidence (NaN when it gave none), when the result has scores |
+| `recist_long_mm`, `recist_short_mm`, `recist_z_mm` | 3D only: RECIST 1.1 long axis and perpendicular short axis in the patient axial plane where the long axis is largest, and that plane's patient z (see `io.measures`) |
+| `max_diameter_3d_mm` | 3D only: largest distance between two voxel centres of the instance |
+| `host_organ`, `host_fraction` | 3D only: the stuff class holding most of a 3 mm shell around the instance, and its share of the shell |
 
 In the CSV the vectors are split into `_i`, `_j`, `_k` (voxel) or `_x`, `_y`, `_z` (mm) columns.
 """
@@ -33,6 +36,7 @@ from ..labels import LabelSet
 from ..pair import INSTANCE, PairStats, pair_stats
 from .atomic import atomic_paths
 from .geometry import spacing_from_affine, voxel_to_lps, voxel_to_ras
+from .measures import add_clinical_measures
 
 TABLE_SUFFIXES = {"csv": "_instances.csv", "json": "_instances.json"}
 BASE_COLUMNS = ["instance", "label", "class", "voxels", "volume_mm3"]
@@ -88,7 +92,7 @@ def instance_table(
         if scores is not None:
             entry["score"] = float(scores.get(inst, float("nan")))
         rows.append(entry)
-    return rows
+    return add_clinical_measures(rows, arr, label_set, affine)
 
 
 def _intensities(instance: np.ndarray, image, n_ids: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from ..errors import GeometryError, InputError, LabelSetError, MedPanopticError
 from ..io.geometry import same_grid, spacing_from_affine
 from ..io.panoptic import SUFFIXES, read_panoptic
 from ..labels import LabelSet
+from .froc import froc, scores_beside, write_froc
 from .lesions import LesionEvaluation, lesion_metrics
 from .quality import PanopticQuality, mean_over_images, panoptic_quality
 
@@ -119,7 +120,8 @@ class EvaluationReport:
         return rows
 
     def write(self, out: str | os.PathLike) -> list[Path]:
-        """Write `<out>` (per case), `<out stem>_instances.csv` and `<out stem>_summary.csv`."""
+        """Write `<out>` (per case), `<out stem>_instances.csv`, `<out stem>_summary.csv` and, when
+        there are lesions, the FROC (`<out stem>_froc.csv` and `.png`)."""
         from ..io.atomic import atomic_paths
 
         paths = check_report_path(out)
@@ -127,6 +129,13 @@ class EvaluationReport:
         with atomic_paths(*paths) as temps:
             for tmp, rows in zip(temps, tables):
                 _write_csv(tmp, rows)
+        if self.instances and self.per_image:
+            paths += write_froc(froc(self.instances, len(self.per_image)), Path(out).with_suffix(""))
+        from ..clinical.html import write_report_page
+
+        plots = {"FROC": p for p in paths if p.suffix == ".png"}
+        paths.append(write_report_page(Path(out).parent, "medpanoptic evaluation", {
+            "Summary": self.summary_rows(), "Cases": self.cases + self.errors, "Instances": self.instances}, plots))
         return paths
 
 
@@ -233,7 +242,9 @@ def evaluate_folders(
         for c in lesions.per_class():
             row.update({f"{k}_{c['class']}": c[k] for k in ("tp", "fp", "fn", "f1")})
         rows.append(row)
-        instance_rows += [{"case": name, **r} for r in lesions.instances]
+        scores = scores_beside(predictions[name].path)
+        instance_rows += [{"case": name, **r, "score": scores.get(r["pred_instance"], float("nan"))}
+                          for r in lesions.instances]
     return EvaluationReport(label_set, rows, instance_rows, errors, missing, extra, total_quality, total_lesions, per_image)
 
 
