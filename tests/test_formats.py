@@ -65,7 +65,8 @@ def test_one_instance_table_one_schema(oblique_ct, dicom_result, tmp_path):
     first = in_table[0]
     assert list(first) == ["instance", "label", "class", "voxels", "volume_mm3", "centroid_voxel", "centroid_ras_mm",
                            "centroid_lps_mm", "bbox_min_voxel", "bbox_stop_voxel", "mean_intensity", "max_intensity",
-                           "score"]
+                           "score", "recist_long_mm", "recist_short_mm", "recist_z_mm", "max_diameter_3d_mm",
+                           "host_organ", "host_fraction"]
     mask = pair[1].numpy() == first["instance"]
     ijk = np.argwhere(mask)
     affine = scan.affine.numpy()
