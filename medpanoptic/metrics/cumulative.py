@@ -55,7 +55,9 @@ class CumulativePanopticQuality(CumulativeIterationMetric):
         return torch.as_tensor(np.stack(tables), dtype=torch.float64)
 
     def result(self) -> PanopticQuality:
-        """The dataset-level result (counts summed over every buffered image)."""
+        """The dataset-level result: counts summed over every buffered image, and no matches (the
+        buffer keeps counts only), so `lesion_metrics` refuses it; per-image lesion figures need
+        each image's own `panoptic_quality`."""
         buffer = self.get_buffer()
         counts = buffer.sum(0).cpu().numpy() if isinstance(buffer, torch.Tensor) and buffer.numel() else np.zeros((len(self.label_set), 5))
         return PanopticQuality(self.label_set, counts)
