@@ -111,7 +111,7 @@ def test_cumulative_metric_in_a_monai_loop():
         gt = random_truth(rng, (32, 32, 16))
         pred = perturb(rng, gt)
         results.append(panoptic_quality(pred, gt, LABELS))
-        metric(torch.as_tensor(pred)[None], torch.as_tensor(gt)[None])
+        metric(torch.as_tensor(pred)[None], torch.as_tensor(gt)[None].float())  # a resampled label comes as floats
     total = results[0] + results[1] + results[2]
     assert float(metric.aggregate()) == pytest.approx(total.summary()["pq"])
     per_image = np.nanmean([r.summary()["pq"] for r in results])
