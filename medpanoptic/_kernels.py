@@ -1,6 +1,9 @@
 """Compiled CPU kernels (numba) for the one pass over the voxels; torch covers other devices.
 
-Compiled on first use and cached beside this file, so later processes start at once.
+Compiled on first use and cached (`cache=True`), so later processes start at once: beside this
+file where its `__pycache__` is writable, else in numba's user cache folder, else (an installed
+package read-only, a home without a cache) in a folder of the temporary directory;
+`NUMBA_CACHE_DIR` chooses the folder outright.
 
 Threads: a parallel kernel waits for its slowest thread, so on a machine whose cores are busy
 with other processes, or with PyTorch's threads in the cohort pipeline, more threads only make
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 
 import numba
 import numpy as np
@@ -59,6 +63,39 @@ def kernel_threads() -> int:
 
 def _use_free_cores() -> None:
     numba.set_num_threads(kernel_threads())  # per calling thread
+
+
+def _writable(folder: str) -> bool:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return True
+    except OSError:
+        return False
+
+
+def cache_folder() -> str | None:
+    """Where numba would cache these kernels by itself (None: nowhere it can write)."""
+    from numba.misc.appdirs import AppDirs
+
+    if numba.config.CACHE_DIR:
+        return numba.config.CACHE_DIR
+    for folder in (os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__"),
+                   AppDirs(appname="numba", appauthor=False).user_cache_dir):
+        if _writable(folder):
+            return folder
+    return None
+
+
+def _ensure_cache_folder() -> None:
+    """Give numba a writable cache folder before the kernels are declared: with none, every
+    `cache=True` kernel would refuse to load ("no locator available")."""
+    if cache_folder() is None:
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        numba.config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"medpanoptic-numba-{uid}")
+
+
+_ensure_cache_folder()
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -197,7 +234,7 @@ def _pair_stats(label, instance, d1, d2, n_labels, n_ids):  # pragma: no cover -
     return hist.sum(axis=0), count.sum(axis=0), total.sum(axis=0), low_all, high_all, bad.max()
 
 
-def pair_stats(label: np.ndarray, instance: np.ndarray, n_labels: int, n_ids: int):
+def gather_stats(label: np.ndarray, instance: np.ndarray, n_labels: int, n_ids: int):
     """One parallel pass over a pair: label histograms of instance-0 and instance voxels, and per
     instance id its voxel count, coordinate sums, bounding box and smallest/largest label.
 

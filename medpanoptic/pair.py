@@ -42,6 +42,14 @@ def _max(t: torch.Tensor) -> int:
     return int(t.max()) if t.numel() else 0
 
 
+def integer_pair(pair: torch.Tensor) -> torch.Tensor:
+    """A pair back as a plain int32 CPU tensor: inverse resampling (nearest) hands it back as floats."""
+    values = pair.as_tensor() if isinstance(pair, MetaTensor) else torch.as_tensor(pair)
+    if values.is_floating_point():
+        values = torch.round(values.float())
+    return values.to(torch.int32).cpu()
+
+
 @dataclass(frozen=True)
 class PairStats:
     """What one pass over a pair learns (CPU): label histograms and, per instance id, its voxel
@@ -62,7 +70,7 @@ class PairStats:
 
 def pair_stats(pair, n_labels: int | None = None) -> PairStats | None:
     """`PairStats` of a CPU pair in one compiled pass; None if an id is negative or a label >= `n_labels`."""
-    from ._kernels import pair_stats as kernel
+    from ._kernels import gather_stats
 
     arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
     label, instance = arr[LABEL], arr[INSTANCE]
@@ -70,21 +78,28 @@ def pair_stats(pair, n_labels: int | None = None) -> PairStats | None:
         return None
     n_labels = n_labels or int(label.max()) + 1
     n_ids = max(int(instance.max()), 0) + 1
-    result = kernel(label, instance, n_labels, n_ids)
+    result = gather_stats(label, instance, n_labels, n_ids)
     if result is None:
         return None
     hist, count, total, low, high = result
     return PairStats(hist, count, total, low[:, :3], high[:, :3], low[:, 3], high[:, 3])
 
 
-def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: str = "panoptic pair") -> PairStats | None:
-    """Refuse a malformed pair: shape, dtype, negative ids, instances on background or stuff,
-    thing voxels without an instance, unknown labels, an instance id spanning two classes.
+CHECK_BACKENDS = ("auto", "torch", "compiled")
 
-    On the CPU one compiled pass gathers everything the rules need (`pair_stats`) and is
-    returned, so that callers need not pass over the voxels again; on other devices torch
-    checks the same rules on the instance voxels (and None is returned).
+
+def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: str = "panoptic pair",
+               backend: str = "auto") -> PairStats | None:
+    """Refuse a malformed pair: shape, dtype, negative ids, unknown labels, instances on
+    background or stuff, thing voxels without an instance, an instance id spanning two classes.
+
+    `backend="compiled"` gathers everything the rules need in one numba pass (`pair_stats`) and
+    returns it, so that callers need not pass over the voxels again; `"torch"` checks the same
+    rules, in the same order and with the same messages, on the pair's device (and returns
+    None); `"auto"` is "compiled" for CPU pairs and "torch" for others.
     """
+    if backend not in CHECK_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (expected one of {', '.join(CHECK_BACKENDS)})")
     pair = torch.as_tensor(pair).as_subclass(torch.Tensor)  # plain tensor: no meta bookkeeping per op
     if pair.ndim not in (3, 4) or pair.shape[0] != 2:
         raise PanopticError(f"{source}: expected shape (2, *spatial) with 2 or 3 spatial axes, got {tuple(pair.shape)}")
@@ -92,11 +107,28 @@ def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: st
         raise PanopticError(f"{source}: expected an integer dtype, got {pair.dtype}")
     if pair.numel() == 0:
         return None
-    stats = pair_stats(pair, label_set.max_id + 1 if label_set else None) if pair.device.type == "cpu" else None
-    if stats is None:
+    if backend == "auto":
+        backend = "compiled" if pair.device.type == "cpu" else "torch"
+    if backend == "torch":
         _check_with_torch(pair, label_set, source)
         return None
+    return _check_compiled(pair.cpu(), label_set, source)
+
+
+def _check_compiled(pair: torch.Tensor, label_set: LabelSet | None, source: str) -> PairStats:
+    """The rules of `check_pair` from one compiled pass; the stats gathered are returned."""
+    n_labels = label_set.max_id + 1 if label_set else None
+    stats = pair_stats(pair, n_labels)
+    if stats is None:  # the pass stops at a negative id or a label beyond the set: say which
+        if int(pair.min()) < 0:
+            raise PanopticError(f"{source}: negative label or instance ids")
+        beyond = torch.unique(pair[LABEL][pair[LABEL] >= n_labels]).tolist()
+        raise PanopticError(f"{source}: label ids {beyond} are not in the label set {label_set.ids}")
     without, with_instance = stats.label_voxels
+    if label_set is not None:
+        unknown = [v for v in np.flatnonzero(without + with_instance).tolist() if v and v not in label_set]
+        if unknown:
+            raise PanopticError(f"{source}: label ids {unknown} are not in the label set {label_set.ids}")
     if with_instance[0]:
         raise PanopticError(f"{source}: instance ids on background (label 0) voxels")
     if label_set is not None:
@@ -104,9 +136,6 @@ def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: st
             raise PanopticError(f"{source}: stuff classes must carry instance 0")
         if any(without[c] for c in label_set.thing_ids):
             raise PanopticError(f"{source}: thing voxels with instance 0")
-        unknown = [v for v in np.flatnonzero(without + with_instance).tolist() if v and v not in label_set]
-        if unknown:
-            raise PanopticError(f"{source}: label ids {unknown} are not in the label set {label_set.ids}")
     ids = stats.ids
     bad = ids[stats.label_low[ids] != stats.label_high[ids]].tolist()
     if bad:
@@ -115,14 +144,11 @@ def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: st
 
 
 def _check_with_torch(pair: torch.Tensor, label_set: LabelSet | None, source: str) -> None:
+    """The rules of `check_pair` in torch ops on the pair's device."""
     label, instance = pair[LABEL].reshape(-1), pair[INSTANCE].reshape(-1)
     label_max = int(label.max())
     if int(label.min()) < 0 or int(instance.min()) < 0:
         raise PanopticError(f"{source}: negative label or instance ids")
-    foreground = torch.nonzero(instance).flatten()
-    ids, fg_labels = instance[foreground].long(), label[foreground].long()
-    if bool((fg_labels == 0).any()):
-        raise PanopticError(f"{source}: instance ids on background (label 0) voxels")
     if label_set is not None:
         # labels missing from the set can only be present when some id up to the maximum is missing
         unknown = []
@@ -130,6 +156,11 @@ def _check_with_torch(pair: torch.Tensor, label_set: LabelSet | None, source: st
             unknown = [v for v in torch.unique(label).tolist() if v and v not in label_set]
         if unknown:
             raise PanopticError(f"{source}: label ids {unknown} are not in the label set {label_set.ids}")
+    foreground = torch.nonzero(instance).flatten()
+    ids, fg_labels = instance[foreground].long(), label[foreground].long()
+    if bool((fg_labels == 0).any()):
+        raise PanopticError(f"{source}: instance ids on background (label 0) voxels")
+    if label_set is not None:
         if label_set.stuff_ids and bool(torch.isin(fg_labels, torch.as_tensor(label_set.stuff_ids, device=label.device)).any()):
             raise PanopticError(f"{source}: stuff classes must carry instance 0")
         thing_voxels = sum(int(torch.count_nonzero(label == t)) for t in label_set.thing_ids if t <= label_max)

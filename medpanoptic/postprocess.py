@@ -4,8 +4,11 @@
 non-maximum suppression, threshold, top-k; optionally more centers from the peaks of the offset
 votes that the heatmap missed) -> each thing voxel joins the peak nearest to where
 its offset points (foreground voxels only, in chunks: never a centers x voxels tensor over a
-whole CT) -> instance class by majority vote -> instances below a volume in mm³ dropped ->
-stuff keeps instance 0 -> a confidence score per instance.
+whole CT) -> instance class by majority vote -> instances below a size (mm³ in 3D, mm² in 2D)
+dropped -> stuff keeps instance 0 -> a confidence score per instance.
+
+Two implementations of the same grouping, chosen by `backend=`: "compiled" (one numba pass
+over the voxels, CPU) and "torch" (any device); "auto" takes the compiled pass for CPU heads.
 
 `component_instances` is the baseline and fallback: connected components of each thing class
 of the argmax.
@@ -18,7 +21,8 @@ smallest: each keeps at least its centre voxel, or is dropped by name, and ids s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -32,19 +36,39 @@ from .pair import consecutive_ids, instance_ids, instances_from_semantic
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 18  # thing voxels assigned per step; with K centers, a CHUNK x K distance block
+BACKENDS = ("auto", "torch", "compiled")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PostprocessConfig:
-    """Knobs of the grouping, in physical units where they have one."""
+    """Knobs of the grouping, in physical units where they have one. Keyword-only: seven floats
+    in a row are too easy to pass in the wrong slot.
+
+    `min_size_mm` is the smallest instance kept, in mm³ for volumes and in mm² for images
+    (voxel count times the voxel's physical size). `min_volume_mm3` is its old name: still
+    accepted, with a `DeprecationWarning`.
+    """
 
     center_threshold: float = 0.3
     nms_mm: float = 5.0  # window of the peak non-maximum suppression
     top_k: int = 500
-    min_volume_mm3: float = 0.0
+    min_size_mm: float = 0.0  # mm³ (3D) or mm² (2D)
     vote_sigma_mm: float = 0.0  # > 0: also look for centers in the offset votes (`vote_centers`); 0: heatmap only
     vote_min: float = 10.0  # votes within about a sigma that such a center needs
     vote_gap_mm: float = 5.0  # how far from every heatmap peak it must lie
+    min_volume_mm3: float | None = field(default=None, repr=False, compare=False)  # deprecated: min_size_mm
+
+    def __post_init__(self) -> None:
+        if self.min_volume_mm3 is not None:
+            object.__setattr__(self, "min_size_mm", float(deprecated_min_size(self.min_volume_mm3, stacklevel=4)))
+            object.__setattr__(self, "min_volume_mm3", None)
+
+
+def deprecated_min_size(min_volume_mm3: float, stacklevel: int = 3) -> float:
+    """`min_volume_mm3` (the old name, an area in 2D) as `min_size_mm`, with a `DeprecationWarning`."""
+    warnings.warn("min_volume_mm3 is deprecated: use min_size_mm (mm³ in 3D, mm² in 2D)", DeprecationWarning,
+                  stacklevel=stacklevel)
+    return min_volume_mm3
 
 
 def find_centers(center: torch.Tensor, spacing: Sequence[float], config: PostprocessConfig) -> torch.Tensor:
@@ -108,7 +132,9 @@ def vote_centers(pointed: torch.Tensor, shape: Sequence[int], centers: torch.Ten
         x = torch.arange(-r, r + 1, dtype=torch.float32, device=target.device) * s
         kernel = torch.exp(-0.5 * (x / config.vote_sigma_mm) ** 2).reshape([1, 1] + [-1 if a == axis else 1 for a in range(ndim)])
         blurred = conv(blurred, kernel, padding=[r if a == axis else 0 for a in range(ndim)])
-    peaks = find_centers(blurred[0, 0], spacing, PostprocessConfig(config.vote_min, config.nms_mm, config.top_k))
+    # the blurred votes are a heatmap whose values count votes: its peaks need `vote_min` of them
+    vote_peaks = PostprocessConfig(center_threshold=config.vote_min, nms_mm=config.nms_mm, top_k=config.top_k)
+    peaks = find_centers(blurred[0, 0], spacing, vote_peaks)
     peaks = peaks + low
     if centers.shape[0] and peaks.shape[0]:
         peaks = peaks[torch.cdist(peaks.float() * scale, centers.float() * scale).min(dim=1).values > config.vote_gap_mm]
@@ -122,15 +148,26 @@ def group_instances(
     label_set: LabelSet,
     spacing: Sequence[float],
     config: PostprocessConfig = PostprocessConfig(),
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, dict[int, float]]:
     """(2, *spatial) int32 pair and {instance id: confidence} from the three heads of one image.
 
     `semantic_logits` is (C, *sp) with channel index = class id, `center` (1, *sp), `offset`
-    (ndim, *sp) in voxels. Distances between voxels and centers are measured in mm. On the CPU
-    the voxel work is one compiled parallel pass (`_kernels.assign_to_centers`); elsewhere torch.
+    (ndim, *sp) in voxels. Distances between voxels and centers are measured in mm.
+    `backend`: "compiled" is one parallel numba pass over the voxels (`_kernels.assign_to_centers`;
+    heads elsewhere are copied to the CPU and the pair comes back to their device), "torch" runs
+    on the heads' device, "auto" takes "compiled" for CPU heads and "torch" for others. Both
+    give the same pair and scores (tests/test_network.py compares them).
     """
-    grouping = _group_on_cpu if semantic_logits.device.type == "cpu" else _group_with_torch
-    return grouping(semantic_logits, center, offset, label_set, spacing, config)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    if backend == "auto":
+        backend = "compiled" if semantic_logits.device.type == "cpu" else "torch"
+    if backend == "torch":
+        return _group_with_torch(semantic_logits, center, offset, label_set, spacing, config)
+    device = semantic_logits.device
+    pair, scores = _group_on_cpu(*(t.detach().cpu() for t in (semantic_logits, center, offset)), label_set, spacing, config)
+    return pair.to(device), scores
 
 
 def _group_with_torch(semantic_logits, center, offset, label_set, spacing, config) -> tuple[torch.Tensor, dict[int, float]]:
@@ -162,8 +199,8 @@ def _group_with_torch(semantic_logits, center, offset, label_set, spacing, confi
         winner = votes.argmax(dim=1)
         semantic[tuple(voxels.T)] = winner[ids]
         counts = torch.bincount(ids, minlength=n_ids)
-        voxel_mm3 = float(torch.prod(scale))
-        too_small = counts.float() * voxel_mm3 < config.min_volume_mm3
+        voxel_size = float(torch.prod(scale))  # mm³, or mm² in 2D
+        too_small = counts.float() * voxel_size < config.min_size_mm
         drop = too_small[ids]
         semantic[tuple(voxels[drop].T)] = 0
         instance[tuple(voxels[drop].T)] = 0
@@ -204,7 +241,7 @@ def _group_on_cpu(semantic_logits, center, offset, label_set, spacing, config) -
             semantic, owner, votes, probability = assign_to_centers(logits, offsets, centers.numpy(), scale, is_thing)
     counts = votes.sum(axis=1)
     winner = votes.argmax(axis=1)
-    too_small = counts * float(np.prod(scale)) < config.min_volume_mm3
+    too_small = counts * float(np.prod(scale)) < config.min_size_mm
     heat = center.reshape(-1, *logits.shape[1:])[0]
     peak = heat[tuple(centers.T)].float().numpy() if len(centers) else np.zeros(0, np.float32)
     scores = {}

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from monai.data import MetaTensor
@@ -28,6 +28,9 @@ from .io.segments import Numbering, segment_map
 from .io.table import instance_table
 from .labels import LabelSet
 from .pair import PairStats, check_pair
+
+if TYPE_CHECKING:
+    from .transforms import PanopticPostprocess
 
 BUNDLES_ENV = "MEDPANOPTIC_BUNDLES"
 
@@ -63,6 +66,36 @@ def bundle_path(name_or_path: str | os.PathLike) -> Path:
             return root / text
     raise InputError(text, f"no shipped bundle of that name (looked in {', '.join(map(str, roots))}); "
                            f"give a local bundle folder as a path, e.g. ./{text}")
+
+
+def bundle_config(bundle: str | os.PathLike, *names: str):
+    """A `ConfigParser` of the bundle's `configs/<names>` (merged in order, as `--config_file "[...]"`
+    merges them), usable from any working directory: `bundle_root` is the folder, and the macros
+    into the bundle's own files (`%configs/postprocess.json#panoptic`) are anchored to it, where
+    MONAI would read them relative to the current directory."""
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle).resolve()
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / name) for name in names])
+    parser.set(_anchor_macros(parser.get(), root))
+    parser["bundle_root"] = str(root)
+    return parser
+
+
+def _anchor_macros(node, root: Path):
+    """`node` with every relative macro file (`%path.json#id`) made a path inside `root`."""
+    from monai.bundle import ConfigParser
+
+    if isinstance(node, dict):
+        return {k: _anchor_macros(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_anchor_macros(v, root) for v in node]
+    if isinstance(node, str) and node.startswith("%"):
+        path, ids = ConfigParser.split_path_id(node[1:])
+        if path and not Path(path).is_absolute():
+            return f"%{root / path}#{ids}"
+    return node
 
 
 def _is_path(text: str) -> bool:
@@ -164,8 +197,6 @@ class Segmenter:
     """A bundle's inference, loaded once: call it on scans to get `PanopticResult`s."""
 
     def __init__(self, bundle: str | os.PathLike, device: str | torch.device | None = None, **overrides) -> None:
-        from monai.bundle import ConfigParser
-
         self.bundle = bundle_path(bundle)
         config = self.bundle / "configs" / "inference.json"
         weights = self.bundle / "models" / "model.pt"
@@ -173,10 +204,12 @@ class Segmenter:
             if not needed.is_file():
                 raise InputError(needed, "missing: not a medpanoptic bundle folder")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        parser = ConfigParser()
-        parser.read_config(str(config))
-        parser["bundle_root"] = str(self.bundle)
+        parser = bundle_config(self.bundle, config.name)
         parser["device"] = f"$torch.device('{self.device}')"
+        if "min_volume_mm3" in overrides:
+            from .postprocess import deprecated_min_size
+
+            overrides["min_size_mm"] = deprecated_min_size(overrides.pop("min_volume_mm3"))
         for key, value in overrides.items():
             parser[key] = value
         self.label_set: LabelSet = parser.get_parsed_content("label_set")
@@ -209,25 +242,31 @@ class Segmenter:
             raise InputError(source, f"a grid of {tuple(image.shape[1:])} voxels is too small to segment")
         return image
 
-    def infer(self, image: MetaTensor) -> dict:
-        """Pre-process, run the network and group: the bundle's inference on one loaded image."""
+    def infer(self, image: MetaTensor, postprocess: "PanopticPostprocess | None" = None) -> dict:
+        """Pre-process, run the network, group and invert: the bundle's inference on one loaded image.
+
+        `postprocess` replaces the bundle's grouping for this call (e.g. connected components,
+        `PanopticPostprocess(seg.label_set, mode="components")`, or other knobs); the result,
+        `data["pred"]`, is on the scan's grid either way."""
+        from .transforms import PanopticPostprocessd
+
         data = self.preprocessing({"image": image.clone()})
         x = data["image"][None].to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             output = self.inferer(x, self.network)
         data["pred"] = output[0].float()
-        data = self.panoptic(data)
-        data = self.invert(data)
-        return data
+        grouping = self.panoptic if postprocess is None else PanopticPostprocessd("pred", postprocess=postprocess)
+        return self.invert(grouping(data))
 
     def __call__(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None,
-                 case: str | None = None) -> PanopticResult:
+                 case: str | None = None, postprocess: "PanopticPostprocess | None" = None) -> PanopticResult:
+        """Segment one scan (a path, or an image MetaTensor); `postprocess` as in `infer`."""
         from .io.inputs import case_name
         from .io.panoptic import source_identity
         from .transforms import source_grid_pair
 
         image = self.load(scan, series_uid)
-        data = self.infer(image)
+        data = self.infer(image, postprocess)
         if data["pred"].shape[1:] != image.shape[1:]:
             raise InputError(image.meta.get("filename_or_obj"), "the inverted result is not on the scan's grid")
         values, scores, dropped = source_grid_pair(data, "pred", image.affine)

@@ -1,8 +1,10 @@
-"""MONAI dictionary transforms around the package's functions, for bundle configs.
+"""MONAI transforms around the package's functions: array transforms for scripts, and the thin
+dictionary transforms over them that bundle configs use.
 
-Each is a thin `MapTransform`: the work is done by `read_scan`, `read_panoptic`,
-`panoptic_targets`, `group_instances` and `write_panoptic`; these classes only say which
-dictionary keys they read and write, as MONAI's `*d` transforms do.
+The work is done once, in `read_scan`, `read_panoptic`, `panoptic_targets`, `group_instances`,
+`write_panoptic` and the array transforms `PanopticTargets`, `PanopticPostprocess` and
+`SavePanoptic`; the `*d` classes only say which dictionary keys they read and write, as MONAI's
+`RemoveSmallObjects` / `RemoveSmallObjectsd` do.
 
     LoadScand            path -> image MetaTensor (DICOM folder/file, NIfTI, NRRD, MHA, PNG...)
     LoadPanopticd        label map (+ instance map) path -> (2, *spatial) pair
@@ -22,13 +24,17 @@ from typing import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Transform
 
 from .io.geometry import spacing_from_affine
 from .io.inputs import case_name
 from .labels import LabelSet
 from .nets import HeadLayout
-from .postprocess import PostprocessConfig, component_instances, group_instances, instance_centres, restore_instances
+from .pair import integer_pair
+from .postprocess import (
+    Centres, PostprocessConfig, component_instances, deprecated_min_size, group_instances, instance_centres,
+    restore_instances,
+)
 from .targets import pack_targets, panoptic_targets
 
 
@@ -42,20 +48,20 @@ def _spacing(tensor: torch.Tensor, ndim: int) -> tuple[float, ...]:
     return (1.0,) * ndim
 
 
-def integer_pair(pair: torch.Tensor) -> torch.Tensor:
-    """A pair back as int32 on the CPU: inverse resampling (nearest) hands it back as floats."""
-    values = pair.as_tensor() if isinstance(pair, MetaTensor) else pair
-    return torch.round(values.float()).to(torch.int32).cpu() if values.is_floating_point() else values.to(torch.int32).cpu()
+def restore_on_source_grid(pair: torch.Tensor, centres: Centres, scores: dict[int, float],
+                           affine=None) -> tuple[torch.Tensor, dict[int, float], list[int]]:
+    """A pair after `Invertd` as an int32 CPU pair, with the instances `PanopticPostprocess` found
+    carried onto the source grid (`restore_instances`): ids 1..N, scores re-keyed, ids dropped.
+    `affine` is the source grid's (default: the pair's own)."""
+    if affine is None:
+        affine = pair.affine if isinstance(pair, MetaTensor) else torch.eye(4)
+    return restore_instances(integer_pair(pair), torch.as_tensor(affine).numpy(), centres, scores)
 
 
 def source_grid_pair(data: Mapping[Hashable, object], key: str, affine=None) -> tuple[torch.Tensor, dict[int, float], list[int]]:
-    """`data[key]` after `Invertd` as an int32 CPU pair, with the instances `PanopticPostprocessd` found
-    carried onto the source grid (`restore_instances`): ids 1..N, scores re-keyed, ids dropped."""
-    pair = data[key]
-    if affine is None:
-        affine = pair.affine if isinstance(pair, MetaTensor) else torch.eye(4)
-    centres = data.get(f"{key}_centres", {})
-    return restore_instances(integer_pair(pair), torch.as_tensor(affine).numpy(), centres, data.get(f"{key}_scores", {}))
+    """`restore_on_source_grid` of `data[key]`, with the `{key}_centres` and `{key}_scores` that
+    `PanopticPostprocessd` left in the entry."""
+    return restore_on_source_grid(data[key], data.get(f"{key}_centres", {}), data.get(f"{key}_scores", {}), affine)
 
 
 class LoadScand(MapTransform):
@@ -141,110 +147,163 @@ class RepeatToChannelsd(MapTransform):
         return d
 
 
-class PanopticTargetsd(MapTransform):
-    """Replace (or add as `target_key`) each pair by its packed training targets (`pack_targets`).
+class PanopticTargets(Transform):
+    """A (2, *spatial) pair -> its packed training targets (`pack_targets`), meta kept.
 
     Use it after the spatial augmentation, so centres and offsets match the cropped, flipped grid.
     The Gaussian width is in mm, converted with the pair's own spacing, or with `spacing` where
     the files carry none (microscopy PNGs: pass the scanner's pixel size).
     """
 
-    def __init__(self, keys: KeysCollection, label_set: LabelSet | str, sigma_mm: float,
-                 target_key: str | None = None, spacing: Sequence[float] | None = None,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
+    def __init__(self, label_set: LabelSet | str, sigma_mm: float, spacing: Sequence[float] | None = None) -> None:
         self.label_set = _as_label_set(label_set)
         self.sigma_mm = sigma_mm
-        self.target_key = target_key
         self.spacing = spacing
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            pair = d[key]
-            spacing = self.spacing or _spacing(pair, pair.ndim - 1)
-            packed = pack_targets(panoptic_targets(pair, self.label_set, spacing, self.sigma_mm))
-            d[self.target_key or key] = MetaTensor(packed, meta=dict(pair.meta)) if isinstance(pair, MetaTensor) else packed
-        return d
+    def __call__(self, pair: torch.Tensor) -> torch.Tensor:
+        spacing = self.spacing or _spacing(pair, pair.ndim - 1)
+        packed = pack_targets(panoptic_targets(pair, self.label_set, spacing, self.sigma_mm))
+        return MetaTensor(packed, meta=dict(pair.meta)) if isinstance(pair, MetaTensor) else packed
 
 
-class PanopticPostprocessd(MapTransform):
-    """Network output (C + 1 + ndim, *spatial) -> (2, *spatial) int32 pair, on the output's device.
+POSTPROCESS_MODES = ("grouping", "components")
 
-    `mode="grouping"` is the center/offset grouping, `"components"` connected components of the
-    argmax. The pair keeps the output's meta (so `Invertd` can take it back to the source grid);
-    the instance scores go to `{key}_scores` and each instance's class and centre in patient mm to
-    `{key}_centres` (for `source_grid_pair` after inversion). Sizes are in mm through the output's affine, or
-    through `spacing` where the files carry none. `vote_sigma_mm` > 0 also takes centers from the
-    offset votes where the heatmap has none (`postprocess.vote_centers`).
+
+class PanopticPostprocess(Transform):
+    """Network output (C + 1 + ndim, *spatial) -> ((2, *spatial) int32 pair, {id: score}, centres).
+
+    `mode="grouping"` is the center/offset grouping (`group_instances`, with `config` and
+    `backend`), `"components"` connected components of the argmax (no scores). The pair stays on
+    the output's device and keeps its meta and applied operations (so `Invertd` can take it back
+    to the source grid); the centres (each instance's class and centre in patient mm, for
+    `restore_instances` after the inversion) are only known for a MetaTensor output. Sizes are in
+    mm through the output's affine, or through `spacing` where the files carry none.
     """
 
-    def __init__(self, keys: KeysCollection, label_set: LabelSet | str, center_threshold: float = 0.3,
-                 nms_mm: float = 5.0, top_k: int = 500, min_volume_mm3: float = 0.0, mode: str = "grouping",
-                 spacing: Sequence[float] | None = None, vote_sigma_mm: float = 0.0, vote_min: float = 10.0,
-                 vote_gap_mm: float = 5.0, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if mode not in ("grouping", "components"):
+    def __init__(self, label_set: LabelSet | str, config: PostprocessConfig | None = None, mode: str = "grouping",
+                 spacing: Sequence[float] | None = None, backend: str = "auto") -> None:
+        if mode not in POSTPROCESS_MODES:
             raise ValueError(f"mode must be 'grouping' or 'components', got {mode!r}")
         self.label_set = _as_label_set(label_set)
-        self.config = PostprocessConfig(center_threshold, nms_mm, top_k, min_volume_mm3, vote_sigma_mm, vote_min,
-                                        vote_gap_mm)
+        self.config = config or PostprocessConfig()
         self.mode = mode
         self.spacing = spacing
+        self.backend = backend
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            output = d[key]
-            ndim = output.ndim - 1
-            layout = HeadLayout(self.label_set.max_id + 1, ndim)
-            if output.shape[0] != layout.channels:
-                raise ValueError(f"'{key}' has {output.shape[0]} channels; the label set needs {layout.channels}")
-            heads = layout.split(output.as_tensor() if isinstance(output, MetaTensor) else output)
-            if self.mode == "grouping":
-                pair, scores = group_instances(heads["semantic"], heads["center"], heads["offset"], self.label_set,
-                                               self.spacing or _spacing(output, ndim), self.config)
-            else:
-                pair, scores = component_instances(heads["semantic"], self.label_set), {}
-            d[key] = MetaTensor(pair, meta=dict(output.meta), applied_operations=list(output.applied_operations)) \
-                if isinstance(output, MetaTensor) else pair
-            d[f"{key}_scores"] = scores
-            if isinstance(output, MetaTensor):
-                d[f"{key}_centres"] = instance_centres(pair, output.affine.numpy())
-        return d
+    def __call__(self, output: torch.Tensor, name: str = "output") -> tuple[torch.Tensor, dict[int, float], Centres]:
+        ndim = output.ndim - 1
+        layout = HeadLayout(self.label_set.max_id + 1, ndim)
+        if output.shape[0] != layout.channels:
+            raise ValueError(f"'{name}' has {output.shape[0]} channels; the label set needs {layout.channels}")
+        heads = layout.split(output.as_tensor() if isinstance(output, MetaTensor) else output)
+        if self.mode == "grouping":
+            pair, scores = group_instances(heads["semantic"], heads["center"], heads["offset"], self.label_set,
+                                           self.spacing or _spacing(output, ndim), self.config, self.backend)
+        else:
+            pair, scores = component_instances(heads["semantic"], self.label_set), {}
+        if not isinstance(output, MetaTensor):
+            return pair, scores, {}
+        pair = MetaTensor(pair, meta=dict(output.meta), applied_operations=list(output.applied_operations))
+        return pair, scores, instance_centres(pair.as_tensor(), output.affine.numpy())
 
 
-class SavePanopticd(MapTransform):
-    """Write each pair with `write_panoptic` as `output_dir/<case>` (label map, instance map, JSON).
+class SavePanoptic(Transform):
+    """Write a pair on the source grid with `write_panoptic` as `output_dir/<case>` (label map,
+    instance map, JSON); returns the paths written.
 
-    The case is the entry's `case`, else named after the pair's `filename_or_obj`; the pair should already be on the source
-    grid (after `Invertd`); it is rounded back to integers, and instances that the inversion lost
-    get their centre voxel back or are dropped (`source_grid_pair`; the count goes to the JSON).
+    The case is `case`, else named after the pair's `filename_or_obj`. The pair should already be
+    on the source grid (after `Invertd`): it is rounded back to integers, and the instances that
+    the inversion lost (given their `centres` from `PanopticPostprocess`) get their centre voxel
+    back or are dropped (`restore_instances`; the count goes to the JSON).
     """
 
-    def __init__(self, keys: KeysCollection, output_dir: str | os.PathLike, label_set: LabelSet | str,
-                 output_postfix: str = "", extra: dict | None = None, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
+    def __init__(self, output_dir: str | os.PathLike, label_set: LabelSet | str, output_postfix: str = "",
+                 extra: dict | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.label_set = _as_label_set(label_set)
         self.output_postfix = output_postfix
         self.extra = extra or {}
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+    def __call__(self, pair: torch.Tensor, case: str | None = None, centres: Centres | None = None,
+                 scores: dict[int, float] | None = None) -> dict[str, Path]:
         from .io.panoptic import write_panoptic
 
+        source = pair.meta.get("filename_or_obj", "case") if isinstance(pair, MetaTensor) else "case"
+        affine = pair.affine if isinstance(pair, MetaTensor) else None
+        values, scores, dropped = restore_on_source_grid(pair, centres or {}, scores or {})
+        stem = self.output_dir / f"{case or case_name(source)}{self.output_postfix}"
+        return write_panoptic(MetaTensor(values, affine=affine), stem, self.label_set,
+                              extra={"source": str(source), "scores": {str(k): v for k, v in scores.items()},
+                                     "dropped_instances": len(dropped), **self.extra})
+
+
+class PanopticTargetsd(MapTransform):
+    """`PanopticTargets` on each key; the targets replace the pair, or go to `target_key`."""
+
+    def __init__(self, keys: KeysCollection, label_set: LabelSet | str, sigma_mm: float,
+                 target_key: str | None = None, spacing: Sequence[float] | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.targets = PanopticTargets(label_set, sigma_mm, spacing)
+        self.target_key = target_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            pair = d[key]
-            source = pair.meta.get("filename_or_obj", "case") if isinstance(pair, MetaTensor) else "case"
-            affine = pair.affine if isinstance(pair, MetaTensor) else None
-            values, scores, dropped = source_grid_pair(d, key)
-            stem = self.output_dir / f"{d.get('case') or case_name(source)}{self.output_postfix}"
-            write_panoptic(MetaTensor(values, affine=affine), stem, self.label_set,
-                           extra={"source": str(source), "scores": {str(k): v for k, v in scores.items()},
-                                  "dropped_instances": len(dropped), **self.extra})
+            d[self.target_key or key] = self.targets(d[key])
         return d
 
 
-__all__ = ["integer_pair", "source_grid_pair", "LoadScand", "LoadPanopticd", "ThingIndicesd", "RepeatToChannelsd", "PanopticTargetsd", "PanopticPostprocessd",
+class PanopticPostprocessd(MapTransform):
+    """`PanopticPostprocess` on each key: the pair replaces the output, the scores go to
+    `{key}_scores` and the centres to `{key}_centres` (for `source_grid_pair` after `Invertd`).
+
+    The knobs are `PostprocessConfig`'s, flat for bundle configs (`min_volume_mm3` is the
+    deprecated name of `min_size_mm`); a script passes a ready `postprocess` instead.
+    """
+
+    def __init__(self, keys: KeysCollection, label_set: LabelSet | str | None = None, center_threshold: float = 0.3,
+                 nms_mm: float = 5.0, top_k: int = 500, min_size_mm: float = 0.0, mode: str = "grouping",
+                 spacing: Sequence[float] | None = None, vote_sigma_mm: float = 0.0, vote_min: float = 10.0,
+                 vote_gap_mm: float = 5.0, backend: str = "auto", min_volume_mm3: float | None = None,
+                 postprocess: PanopticPostprocess | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if postprocess is None:
+            if label_set is None:
+                raise ValueError("PanopticPostprocessd needs a label_set (or a ready postprocess)")
+            if min_volume_mm3 is not None:
+                min_size_mm = deprecated_min_size(min_volume_mm3)
+            config = PostprocessConfig(center_threshold=center_threshold, nms_mm=nms_mm, top_k=top_k,
+                                       min_size_mm=min_size_mm, vote_sigma_mm=vote_sigma_mm, vote_min=vote_min,
+                                       vote_gap_mm=vote_gap_mm)
+            postprocess = PanopticPostprocess(label_set, config, mode, spacing, backend)
+        self.postprocess = postprocess
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key], d[f"{key}_scores"], centres = self.postprocess(d[key], name=str(key))
+            if isinstance(d[key], MetaTensor):
+                d[f"{key}_centres"] = centres
+        return d
+
+
+class SavePanopticd(MapTransform):
+    """`SavePanoptic` on each key, with the entry's `case` and the `{key}_centres` / `{key}_scores`
+    that `PanopticPostprocessd` left."""
+
+    def __init__(self, keys: KeysCollection, output_dir: str | os.PathLike, label_set: LabelSet | str,
+                 output_postfix: str = "", extra: dict | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.save = SavePanoptic(output_dir, label_set, output_postfix, extra)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            self.save(d[key], d.get("case"), d.get(f"{key}_centres", {}), d.get(f"{key}_scores", {}))
+        return d
+
+
+__all__ = ["restore_on_source_grid", "source_grid_pair", "PanopticTargets", "PanopticPostprocess", "SavePanoptic",
+           "LoadScand", "LoadPanopticd", "ThingIndicesd", "RepeatToChannelsd", "PanopticTargetsd", "PanopticPostprocessd",
            "SavePanopticd"]

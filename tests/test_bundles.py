@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import torch
 
 from medpanoptic.io import read_panoptic, read_scan
 from medpanoptic.metrics import panoptic_quality
+from medpanoptic.segment import bundle_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -65,10 +67,7 @@ def test_net_in_out_and_torchscript_export(bundle_dir, tmp_path):
            "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle_dir)
-    net = parser.get_parsed_content("network_def")
+    net = bundle_config(bundle_dir, "inference.json").get_parsed_content("network_def")
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     net.eval()
     scripted = torch.jit.load(str(ts))
@@ -135,13 +134,23 @@ def test_short_training_then_evaluate(bundle_dir, tmp_path):
     bundle(work, "run", "--config_file", "configs/train.json", "--dataset_dir", str(data), *SHORT, *roi)
     checkpoint = work / "models" / "model.pt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    assert any(k.endswith("weight") for k in state)
+    net = bundle_config(work, "inference.json").get_parsed_content("network_def")
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(state)  # strict: every key and shape of the inference network, nothing else
+    assert any(not torch.equal(initial[k], v) for k, v in state.items() if v.is_floating_point())  # it trained
     out = bundle(work, "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
                  "--dataset_dir", str(data), "--num_workers", "0")
     assert "panoptic evaluation of 1 case(s)" in out
-    for name in ("evaluation.csv", "evaluation_instances.csv", "evaluation_summary.csv"):
-        assert (work / "eval" / name).stat().st_size > 0
-    assert "phantom_0500" in (work / "eval" / "evaluation.csv").read_text()
+    with open(work / "eval" / "evaluation.csv", newline="") as f:
+        cases = list(csv.DictReader(f))
+    assert [c["case"] for c in cases] == ["phantom_0500"]  # the validation split: the first of three
+    with open(work / "eval" / "evaluation_summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    pq = [float(v) for row in summary for k, v in row.items() if k.startswith("pq") and v not in ("", "nan")]
+    assert pq and all(0.0 <= v <= 1.0 for v in pq)
+    # the predictions evaluated are on the case's source grid
+    pred, _ = read_panoptic(work / "eval" / "predictions" / "phantom_0500")
+    assert pred.shape[1:] == read_scan(data / "imagesTr" / "phantom_0500.nii.gz").shape[1:]
 
 
 def test_multi_gpu_training_under_torchrun_with_gloo(tmp_path):
@@ -154,3 +163,27 @@ def test_multi_gpu_training_under_torchrun_with_gloo(tmp_path):
     assert "val_pq_things" in out
     state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # the plain network's weights, loadable by inference
+
+
+POSTPROCESS_KNOBS = {CT: ["center_threshold", "nms_mm", "min_size_mm", "vote_sigma_mm", "vote_min", "vote_gap_mm", "mode"],
+                     NUCLEI: ["center_threshold", "nms_mm", "min_size_mm", "mode"]}
+
+
+@pytest.mark.parametrize("bundle_dir", [CT, NUCLEI], ids=lambda p: p.name)
+def test_one_postprocessing_block_per_bundle(bundle_dir):
+    """Inference, training's validation and evaluation build the same grouping, from the one block in
+    configs/postprocess.json; no other config spells it out; command-line overrides still reach it."""
+    shared = json.loads((bundle_dir / "configs" / "postprocess.json").read_text())
+    for name in ("inference.json", "train.json", "evaluate.json"):
+        assert "PanopticPostprocessd" not in (bundle_dir / "configs" / name).read_text()
+    built = [bundle_config(bundle_dir, "inference.json").get_parsed_content("panoptic"),
+             bundle_config(bundle_dir, "train.json").get_parsed_content("validate#postprocessing"),
+             bundle_config(bundle_dir, "train.json", "evaluate.json").get_parsed_content("validate#postprocessing").transforms[0]]
+    for panoptic in built:
+        post = panoptic.postprocess
+        values = {**{k: getattr(post.config, k) for k in POSTPROCESS_KNOBS[bundle_dir] if k != "mode"}, "mode": post.mode}
+        assert values == {k: shared[k] for k in POSTPROCESS_KNOBS[bundle_dir]}
+        assert post.spacing == (None if bundle_dir is CT else [0.0005, 0.0005])
+    parser = bundle_config(bundle_dir, "inference.json")
+    parser["nms_mm"] = 9.0  # what `--nms_mm 9` does
+    assert parser.get_parsed_content("panoptic").postprocess.config.nms_mm == 9.0

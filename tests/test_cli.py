@@ -33,11 +33,26 @@ def cli(capsys):
     return call
 
 
-def test_help_lists_commands():
+def test_help_lists_every_command_with_its_summary_and_a_typo_is_refused_by_name():
+    """`--help` names each command with its one-line summary (whitespace-wrapped as argparse wraps),
+    each command's own `--help` shows its usage, and a misspelt command is one error line, exit 2."""
+    from medpanoptic.cli import COMMANDS
+
     out = run("--help")
-    assert out.returncode == 0
-    for name in ("info", "phantom"):
-        assert name in out.stdout
+    assert out.returncode == 0 and out.stderr == ""
+    text = "".join(out.stdout.split())  # argparse wraps lines at spaces and after hyphens
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+    assert listed == list(COMMANDS)
+    for name, (summary, _, _) in COMMANDS.items():
+        assert name + "".join(summary.split()) in text
+    for name in COMMANDS:
+        own = run(name, "--help")
+        assert own.returncode == 0 and own.stdout.startswith(f"usage: medpanoptic {name} ")
+    typo = run("segmnt")
+    assert typo.returncode == 2 and typo.stdout == ""
+    assert typo.stderr.strip().splitlines() == [
+        f"medpanoptic: error: argument COMMAND: invalid choice: 'segmnt' (choose from "
+        f"{', '.join(repr(c) for c in COMMANDS)}) (see 'medpanoptic --help')"]
 
 
 def test_phantom_dataset_in_decathlon_layout(tmp_path, cli):
@@ -257,18 +272,13 @@ def test_info_of_an_oblique_anisotropic_nifti(tmp_path, oblique_ct, cli):
 def test_bundle_orientation_transforms_build_without_future_warning():
     import warnings
 
-    from monai.bundle import ConfigParser
-
-    from medpanoptic.segment import Segmenter, bundle_path
+    from medpanoptic.segment import Segmenter, bundle_config, bundle_path
 
     bundle = bundle_path("ct_lesion_panoptic")
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         segmenter = Segmenter.from_bundle(bundle, device="cpu")  # what `medpanoptic demo` builds
-        parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / "train.json"))
-        parser["bundle_root"] = str(bundle)
-        load = parser.get_parsed_content("load_transforms")
+        load = bundle_config(bundle, "train.json").get_parsed_content("load_transforms")
     orientations = [t for t in [*segmenter.preprocessing.transforms, *load] if type(t).__name__ == "Orientationd"]
     assert len(orientations) == 2
     for t in orientations:  # RAS as before: MONAI's former default labels

@@ -214,7 +214,7 @@ def test_instance_table_and_labelmap(oblique_ct, tmp_path):
 
 
 def test_dicom_seg_refuses_a_non_dicom_source(oblique_ct, tmp_path):
-    with pytest.raises(Exception, match="needs a DICOM source"):
+    with pytest.raises(InputError, match="a DICOM SEG needs a DICOM source scan; this one is "):
         write_dicom_seg(oblique_ct.pair, oblique_ct.label_set, oblique_ct.image, tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
 
@@ -226,8 +226,17 @@ def test_export_cli(dicom_case, tmp_path):
     folder, scan, truth, labels = dicom_case
     write_panoptic(truth, tmp_path / "case", labels)
     assert main(["export", str(tmp_path / "case"), "--source", str(folder), "--to", "dicom-seg,seg-nrrd,labelmap,table"]) == 0
-    for name in ("case_seg.dcm", "case.seg.nrrd", "case_segments.nii.gz", "case_instances.csv"):
-        assert (tmp_path / name).exists()
+    # every file read back holds the truth: the pair on the scan's grid, segment numbers, one row per lesion
+    for name in ("case_seg.dcm", "case.seg.nrrd"):
+        back, back_labels = read_panoptic(tmp_path / name, label_set=labels)
+        np.testing.assert_array_equal(back.numpy(), truth.numpy())
+        np.testing.assert_allclose(back.affine.numpy(), scan.affine.numpy(), atol=1e-4)
+    numbers = read_scan(tmp_path / "case_segments.nii.gz")
+    np.testing.assert_array_equal(numbers[0].numpy(), segment_map(truth, labels)[0])
+    np.testing.assert_allclose(numbers.affine.numpy(), scan.affine.numpy(), atol=1e-4)
+    with open(tmp_path / "case_instances.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["instance"]) for r in rows) == sorted(set(truth[1].unique().tolist()) - {0})
     assert main(["export", str(tmp_path / "case"), "--to", "dicom-seg"]) == 2
 
 

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medpanoptic.errors import PanopticError
 from medpanoptic.labels import LabelSet
 from medpanoptic.metrics import (
     CumulativePanopticQuality, brats_lesion_metrics, hd95_assd, lesion_metrics, panoptic_quality,
@@ -110,15 +111,21 @@ def test_cumulative_metric_in_a_monai_loop():
         gt = random_truth(rng, (32, 32, 16))
         pred = perturb(rng, gt)
         results.append(panoptic_quality(pred, gt, LABELS))
-        metric(torch.as_tensor(pred)[None], torch.as_tensor(gt)[None])
+        metric(torch.as_tensor(pred)[None], torch.as_tensor(gt)[None].float())  # a resampled label comes as floats
     total = results[0] + results[1] + results[2]
     assert float(metric.aggregate()) == pytest.approx(total.summary()["pq"])
     per_image = np.nanmean([r.summary()["pq"] for r in results])
     assert float(metric.aggregate("mean")) == pytest.approx(per_image)
     np.testing.assert_allclose(metric.result().counts, total.counts)
+    # its result carries counts only: lesion_metrics refuses it rather than count zero lesions
+    assert metric.result().counts[:, 0].sum() > 0 and metric.result().matches == []
+    with pytest.raises(PanopticError, match=r"lesion_metrics: the quality given counts \d+ TP, \d+ FN, \d+ FP things "
+                                            r"but lists 0, 0, 0 of them .*CumulativePanopticQuality.result\(\)"):
+        lesion_metrics(pred, gt, LABELS, (1.0, 1.0, 1.0), quality=metric.result())
+    assert len(lesion_metrics(pred, gt, LABELS, (1.0, 1.0, 1.0), quality=results[-1]).instances) > 0
     metric.reset()
     assert metric.result().counts.sum() == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="metric_name must be one of"):
         CumulativePanopticQuality(LABELS, metric_name="accuracy")
 
 

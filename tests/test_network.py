@@ -52,26 +52,62 @@ def test_chunked_assignment_is_exact(monkeypatch):
     assert torch.equal(whole, chunked)
 
 
-@pytest.mark.parametrize("seed, vote_sigma_mm", [(4, 0.0), (5, 0.0), (4, 1.0)])
-def test_compiled_cpu_grouping_equals_the_torch_grouping(seed, vote_sigma_mm):
-    """The numba pass (CPU) and the torch path (other devices) give the same pair and scores on noisy heads."""
-    import medpanoptic.postprocess as post
-
-    spacing = (0.8, 0.9, 2.5)
-    phantom = ct_phantom(shape=(64, 64, 32), spacing=spacing, direction=oblique_direction().ravel(), n_lesions=8,
-                         touching_fraction=0.5, seed=seed)
-    logits, center, offset = ideal_heads(phantom, spacing, 2.0)
+@pytest.mark.parametrize("dims, seed, vote_sigma_mm", [(3, 4, 0.0), (3, 5, 0.0), (3, 4, 1.0), (2, 3, 0.0), (2, 3, 0.0005)])
+def test_compiled_cpu_grouping_equals_the_torch_grouping(dims, seed, vote_sigma_mm):
+    """backend="compiled" (one numba pass) and backend="torch" give the same pair and scores on
+    noisy heads of oblique, anisotropic volumes and of images, both run here on the CPU."""
+    if dims == 3:
+        spacing, sigma, nms, min_size = (0.8, 0.9, 2.5), 2.0, 4.0, 40.0
+        phantom = ct_phantom(shape=(64, 64, 32), spacing=spacing, direction=oblique_direction().ravel(), n_lesions=8,
+                             touching_fraction=0.5, seed=seed)
+    else:
+        spacing, sigma, nms, min_size = NUCLEI_SPACING, 0.001, 0.003, 20 * 0.0005**2
+        phantom = nuclei_phantom(shape=(96, 96), n_nuclei=12, touching_fraction=0.5, seed=seed)
+    logits, center, offset = ideal_heads(phantom, spacing, sigma)
     generator = torch.Generator().manual_seed(seed)
     logits = logits + 8 * torch.randn(logits.shape, generator=generator)  # ragged, misclassified voxels
     offset = offset + torch.randn(offset.shape, generator=generator)
-    config = PostprocessConfig(center_threshold=0.5, nms_mm=4.0, min_volume_mm3=40.0, vote_sigma_mm=vote_sigma_mm)
-    compiled, compiled_scores = post._group_on_cpu(logits, center, offset, phantom.label_set, spacing, config)
-    reference, reference_scores = post._group_with_torch(logits, center, offset, phantom.label_set, spacing, config)
+    config = PostprocessConfig(center_threshold=0.5, nms_mm=nms, min_size_mm=min_size, vote_sigma_mm=vote_sigma_mm)
+    compiled, compiled_scores = group_instances(logits, center, offset, phantom.label_set, spacing, config, backend="compiled")
+    reference, reference_scores = group_instances(logits, center, offset, phantom.label_set, spacing, config, backend="torch")
     assert compiled.dtype == reference.dtype == torch.int32
+    assert int(reference[1].max()) >= 3  # instances were found (and some dropped: see min_size)
     assert torch.equal(compiled, reference)
     assert compiled_scores.keys() == reference_scores.keys()
     for k in compiled_scores:
         assert compiled_scores[k] == pytest.approx(reference_scores[k], rel=1e-4)
+    auto, _ = group_instances(logits, center, offset, phantom.label_set, spacing, config)  # "auto" on the CPU: compiled
+    assert torch.equal(auto, compiled)
+
+
+def test_grouping_backend_is_checked():
+    phantom = nuclei_phantom(shape=(32, 32), n_nuclei=2, seed=1)
+    heads = ideal_heads(phantom, NUCLEI_SPACING, 0.001)
+    with pytest.raises(ValueError, match="unknown backend 'numba' \\(expected one of auto, torch, compiled\\)"):
+        group_instances(*heads, phantom.label_set, NUCLEI_SPACING, backend="numba")
+
+
+def test_postprocess_config_takes_keywords_only_and_the_old_size_name_warns():
+    """Seven floats in a row went into the wrong slots by position: only keywords now. The old name
+    `min_volume_mm3` (an area in 2D) still works, as `min_size_mm`, with a DeprecationWarning."""
+    with pytest.raises(TypeError, match="positional"):
+        PostprocessConfig(10.0, 5.0)
+    with pytest.warns(DeprecationWarning, match="min_volume_mm3 is deprecated: use min_size_mm"):
+        old = PostprocessConfig(center_threshold=0.4, min_volume_mm3=12.5)
+    assert old == PostprocessConfig(center_threshold=0.4, min_size_mm=12.5)
+    assert old.min_size_mm == 12.5
+
+
+def test_vote_peaks_use_vote_min_as_their_threshold():
+    """The blurred offset votes are thresholded at `vote_min` votes (as a keyword, not by slot)."""
+    from medpanoptic.postprocess import vote_centers
+
+    pointed = torch.tensor([[10.0, 10.0]] * 12 + [[30.0, 30.0]] * 6)  # 12 votes at one place, 6 at another
+    none = torch.zeros((0, 2), dtype=torch.long)
+    config = PostprocessConfig(vote_sigma_mm=0.5, vote_min=8.0, vote_gap_mm=1.0, nms_mm=2.0)
+    assert vote_centers(pointed, (40, 40), none, (1.0, 1.0), config).tolist() == [[10, 10]]
+    lower = PostprocessConfig(vote_sigma_mm=0.5, vote_min=4.0, vote_gap_mm=1.0, nms_mm=2.0)
+    assert sorted(vote_centers(pointed, (40, 40), none, (1.0, 1.0), lower).tolist()) == [[10, 10], [30, 30]]
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -118,7 +154,7 @@ def test_small_instances_are_dropped_and_scores_rank_ids():
     areas = np.bincount(phantom.pair[1].numpy().ravel())[1:] * 0.0005**2
     limit = float(np.median(areas))
     pair, scores = group_instances(*heads, phantom.label_set, NUCLEI_SPACING,
-                                   PostprocessConfig(center_threshold=0.5, nms_mm=0.003, min_volume_mm3=limit))
+                                   PostprocessConfig(center_threshold=0.5, nms_mm=0.003, min_size_mm=limit))
     kept = int(pair[1].max())
     assert kept == int((areas >= limit).sum())
     assert list(scores.values()) == sorted(scores.values(), reverse=True)
@@ -145,16 +181,31 @@ def test_auxiliary_heads_start_at_zero(backbone):
     assert heads["center"].abs().max() == 0 and heads["offset"].abs().max() == 0
 
 
-def test_sliding_window_inference_on_the_image_grid():
-    from medpanoptic.inference import panoptic_inference
+def test_segmenter_infers_on_the_image_grid_and_swaps_the_grouping():
+    """The bundle's inference (sliding window, grouping, inversion) lands on the image's grid; a
+    script swaps the grouping for one call (`infer(image, postprocess=...)`) without rebuilding it."""
+    from medpanoptic.segment import Segmenter
+    from medpanoptic.transforms import PanopticPostprocess
 
     phantom = nuclei_phantom(shape=(96, 80), n_nuclei=6, seed=1)
-    net = PanopticNet(2, 1, 3, filters=(8, 16, 32))
-    config = PostprocessConfig(center_threshold=0.3, nms_mm=0.003)
-    pair, scores = panoptic_inference((phantom.image - 60) / 60, net, phantom.label_set, roi_size=(64, 64), config=config,
-                                      device="cpu")
-    assert pair.shape == (2, 96, 80) and pair.dtype == torch.int32
-    np.testing.assert_allclose(pair.affine.numpy(), phantom.image.affine.numpy(), atol=1e-6)
+    seg = Segmenter("nuclei_panoptic_2d", device="cpu")
+    image = seg.load(phantom.image)
+    grouped = seg.infer(image)
+    components = seg.infer(image, postprocess=PanopticPostprocess(seg.label_set, mode="components"))
+    for data in (grouped, components):
+        assert data["pred"].shape == (2, 96, 80)
+        np.testing.assert_allclose(data["pred"].affine.numpy(), phantom.image.affine.numpy(), atol=1e-6)
+    assert grouped["pred_scores"] and components["pred_scores"] == {}
+    # one network output, two groupings: the same semantic map, instances as connected components
+    np.testing.assert_array_equal(grouped["pred"][0].numpy(), components["pred"][0].numpy())
+    from medpanoptic.pair import instances_from_semantic, integer_pair
+
+    semantic = integer_pair(components["pred"])[0].numpy()
+    expected = instances_from_semantic(semantic, seg.label_set.thing_ids)
+    assert expected.max() >= 3
+    np.testing.assert_array_equal(integer_pair(components["pred"])[1].numpy(), expected)
+    result = seg(phantom.image, postprocess=PanopticPostprocess(seg.label_set, mode="components"))
+    assert result.scores == {} and result.n_instances == int(expected.max())
 
 
 @pytest.mark.slow

@@ -85,3 +85,54 @@ def test_components_from_semantic():
 def test_relabel_sequential():
     out = relabel_sequential(np.array([[0, 7, 7], [3, 0, 9]]))
     assert out.tolist() == [[0, 1, 1], [2, 0, 3]]
+
+
+PAIR_RULES = [
+    (np.zeros((3, 4, 4), np.int32), "expected shape \\(2, \\*spatial\\) with 2 or 3 spatial axes, got \\(3, 4, 4\\)"),
+    (np.zeros((2, 4), np.int32), "expected shape \\(2, \\*spatial\\)"),
+    (np.zeros((2, 3, 3), np.float32), "expected an integer dtype, got torch.float32"),
+    (np.array([[[3, 3]], [[0, 1]]]), "thing voxels with instance 0"),
+    (np.array([[[0, 1]], [[2, 0]]]), "instance ids on background \\(label 0\\) voxels"),
+    (np.array([[[1, 1]], [[0, 1]]]), "stuff classes must carry instance 0"),
+    (np.array([[[9, 0]], [[0, 0]]]), "label ids \\[9\\] are not in the label set \\[1, 2, 3\\]"),
+    (np.array([[[3, 3]], [[-1, 1]]]), "negative label or instance ids"),
+]
+
+
+@pytest.mark.parametrize("array, message", PAIR_RULES)
+@pytest.mark.parametrize("backend", ["compiled", "torch"])
+def test_both_check_backends_refuse_every_rule_alike(array, message, backend):
+    """The compiled pass and the torch checks (the GPU path, run here on the CPU) refuse the same pairs,
+    each with the same one-line message naming the source."""
+    with pytest.raises(PanopticError, match=f"^case_7: {message}"):
+        check_pair(torch.as_tensor(array), ct_lesion_labels(), source="case_7", backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "torch"])
+def test_both_check_backends_refuse_an_id_across_classes_and_pass_a_good_pair(backend, oblique_ct):
+    from medpanoptic.labels import LabelSet
+
+    labels = LabelSet.from_names(things=["a", "b"])
+    with pytest.raises(PanopticError, match=r"^x: instance ids \[5\] span more than one class"):
+        check_pair(make_pair([[1, 2]], [[5, 5]]), labels, source="x", backend=backend)
+    stats = check_pair(oblique_ct.pair, oblique_ct.label_set, backend=backend)
+    assert (stats is None) == (backend == "torch")
+    if stats is not None:
+        assert stats.ids.tolist() == sorted(set(oblique_ct.pair[1].unique().tolist()) - {0})
+
+
+def test_check_backend_is_checked():
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        check_pair(make_pair([[0]], [[0]]), backend="gpu")
+
+
+@pytest.mark.parametrize("values", [torch.tensor([[[2.0, 0.9999]], [[1.0000001, 0.0]]]),
+                                    torch.tensor([[[2, 1]], [[1, 0]]], dtype=torch.int64)])
+def test_integer_pair_rounds_back_to_int32(values):
+    from monai.data import MetaTensor
+
+    from medpanoptic.pair import integer_pair
+
+    out = integer_pair(MetaTensor(values))
+    assert type(out) is torch.Tensor and out.dtype == torch.int32
+    assert out.tolist() == [[[2, 1]], [[1, 0]]]

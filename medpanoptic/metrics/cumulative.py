@@ -17,6 +17,12 @@ from .quality import Matching, PanopticQuality, panoptic_quality
 METRIC_NAMES = ("pq", "sq", "rq", "pq_dsc", "sq_dsc", "pq_things", "pq_stuff", "sq_things", "rq_things")
 
 
+def _integers(pairs: torch.Tensor) -> torch.Tensor:
+    """Pairs as int32 on their device: nearest-neighbour resampling hands label maps back as floats."""
+    pairs = pairs.as_subclass(torch.Tensor)
+    return torch.round(pairs).to(torch.int32) if pairs.is_floating_point() else pairs
+
+
 class CumulativePanopticQuality(CumulativeIterationMetric):
     """PQ over a dataset, fed batch by batch with (B, 2, *spatial) predicted and ground-truth pairs.
 
@@ -51,11 +57,14 @@ class CumulativePanopticQuality(CumulativeIterationMetric):
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if y_pred.shape != y.shape or y_pred.ndim not in (4, 5) or y_pred.shape[1] != 2:
             raise ValueError(f"expected (B, 2, *spatial) pairs of one shape, got {tuple(y_pred.shape)} and {tuple(y.shape)}")
+        y_pred, y = _integers(y_pred), _integers(y)  # resampled labels (Spacingd, Invertd) come back as floats
         tables = [panoptic_quality(p, g, self.label_set, **self.options).counts for p, g in zip(y_pred, y)]
         return torch.as_tensor(np.stack(tables), dtype=torch.float64)
 
     def result(self) -> PanopticQuality:
-        """The dataset-level result (counts summed over every buffered image)."""
+        """The dataset-level result: counts summed over every buffered image, and no matches (the
+        buffer keeps counts only), so `lesion_metrics` refuses it; per-image lesion figures need
+        each image's own `panoptic_quality`."""
         buffer = self.get_buffer()
         counts = buffer.sum(0).cpu().numpy() if isinstance(buffer, torch.Tensor) and buffer.numel() else np.zeros((len(self.label_set), 5))
         return PanopticQuality(self.label_set, counts)

@@ -14,8 +14,9 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..errors import PanopticError
 from ..labels import LabelSet
-from .quality import PanopticQuality, panoptic_quality
+from .quality import FN, FP, TP, PanopticQuality, panoptic_quality
 from .surface import hd95_assd
 
 DEFAULT_SIZE_BINS_MM3: tuple[float, ...] = (0.0, 100.0, 1000.0, 10000.0, float("inf"))
@@ -108,6 +109,7 @@ def lesion_metrics(
     gt = np.asarray(gt.detach().cpu() if hasattr(gt, "detach") else gt)
     if quality is None:
         quality = panoptic_quality(pred, gt, label_set, **matching)
+    _refuse_counts_without_segments(quality)
     spacing = [float(s) for s in spacing]
     voxel_mm3 = float(np.prod(spacing))
     things = set(label_set.thing_ids)
@@ -130,6 +132,20 @@ def lesion_metrics(
         if label in things:
             rows.append(_row(label_set, label, "FP", 0, instance, 0.0, voxels * voxel_mm3, 0.0, 0.0, float("nan"), float("nan")))
     return LesionEvaluation(label_set, rows, 1, tuple(size_bins_mm3))
+
+
+def _refuse_counts_without_segments(quality: PanopticQuality) -> None:
+    """A quality whose thing counts its matched / unmatched lists do not account for (counts summed
+    without them, as `CumulativePanopticQuality.result()` returns) would give zero lesions."""
+    things = set(quality.label_set.thing_ids)
+    rows = [r for c, r in zip(quality.label_set.ids, quality.counts) if c in things]
+    counted = [int(sum(r[k] for r in rows)) for k in (TP, FN, FP)]
+    listed = [sum(m.label in things for m in quality.matches), sum(u[0] in things for u in quality.unmatched_gt),
+              sum(u[0] in things for u in quality.unmatched_pred)]
+    if counted != listed:
+        raise PanopticError(f"lesion_metrics: the quality given counts {counted[0]} TP, {counted[1]} FN, {counted[2]} FP "
+                            f"things but lists {listed[0]}, {listed[1]}, {listed[2]} of them (counts without matches, e.g. "
+                            "CumulativePanopticQuality.result()); pass this image's panoptic_quality(...) or none")
 
 
 def _row(label_set, label, status, gt_instance, pred_instance, gt_mm3, pred_mm3, dice, iou, hd95, assd) -> dict:

@@ -4,22 +4,21 @@ on unseen 3D CT phantoms where 30% of the lesions touch a neighbour.
     python scripts/bench/touching.py [--bundle bundles/ct_lesion_panoptic] [--cases 8] [--lesions 20]
 
 Loads the bundle's trained weights (trained by its own train.json, see its docs/README.md),
-runs the network once per case, then post-processes that one output twice — grouping and
-connected components — and scores both against the phantom truth on the source grid.
+runs each case through the bundle's inference twice (`Segmenter.infer`), once with its own
+grouping and once with connected components as the post-processing (the network output is the
+same both times), and scores both against the phantom truth on the source grid.
 Goal (network issue): grouping PQ_things >= 0.85 and at least 0.10 above connected components.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-
-import torch
 
 from medpanoptic.metrics import panoptic_quality
+from medpanoptic.pair import integer_pair
 from medpanoptic.segment import Segmenter, bundle_path
 from medpanoptic.synthetic import ct_phantom
-from medpanoptic.transforms import PanopticPostprocessd, integer_pair
+from medpanoptic.transforms import PanopticPostprocess
 
 
 def main() -> None:
@@ -30,20 +29,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=900, help="first phantom seed (training used 1000 and above)")
     args = parser.parse_args()
     seg = Segmenter.from_bundle(bundle_path(args.bundle))
-    grouping = seg.panoptic
-    components = PanopticPostprocessd("pred", seg.label_set, mode="components")
+    components = PanopticPostprocess(seg.label_set, mode="components")
     totals = {"grouping": None, "components": None}
     touching = 0
     for i in range(args.cases):
         phantom = ct_phantom(n_lesions=args.lesions, touching_fraction=0.3, seed=args.seed + i)
         touching += int(round(args.lesions * 0.3)) // 2 * 2
         image = seg.load(phantom.image)
-        data = seg.preprocessing({"image": image.clone()})
-        with torch.no_grad():
-            output = seg.inferer(data["image"][None].to(seg.device), seg.network)[0].float()
-        for name, post in (("grouping", grouping), ("components", components)):
-            item = seg.invert(post({**copy.copy(data), "pred": output.clone()}))
-            pair = integer_pair(item["pred"])
+        for name, post in (("grouping", None), ("components", components)):
+            pair = integer_pair(seg.infer(image, postprocess=post)["pred"])
             q = panoptic_quality(pair, phantom.pair, phantom.label_set)
             totals[name] = q if totals[name] is None else totals[name] + q
     g, c = totals["grouping"].summary(), totals["components"].summary()
