@@ -65,7 +65,6 @@ def test_net_in_out_and_torchscript_export(bundle_dir, tmp_path):
     ts = tmp_path / "model.ts"
     bundle(bundle_dir, "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", "models/model.pt",
            "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
-    from monai.bundle import ConfigParser
 
     net = bundle_config(bundle_dir, "inference.json").get_parsed_content("network_def")
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

@@ -7,14 +7,12 @@ which places frames by the source instances they reference, not by geometry).
 import copy
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -22,13 +20,13 @@ from medpanoptic.errors import GeometryError, InputError
 from medpanoptic.io import read_panoptic, read_scan, write_dicom_series, write_panoptic
 from medpanoptic.io.dicom_seg import write_dicom_seg
 from medpanoptic.export import export
-from medpanoptic.io.itk import sitk_from_array
 from medpanoptic.io.panoptic import source_identity
 from medpanoptic.io.scan import make_meta_tensor
 from medpanoptic.io.segments import segment_map
 from medpanoptic.synthetic import ct_phantom
 
 from .conftest import ANISOTROPIC, OBLIQUE
+from .dcmqi import dcmqi_seg
 
 SHAPE = (40, 36, 12)
 
@@ -231,22 +229,7 @@ def test_overlapping_binary_segments_are_named_or_resolved(series, tmp_path):
 @pytest.mark.skipif(shutil.which("itkimage2segimage") is None, reason="dcmqi's itkimage2segimage is not installed")
 def test_seg_made_by_dcmqi_named_dot_seg(series, tmp_path):
     folder, scan, truth, labels = series
-    numbers, segments = segment_map(truth, labels)
-    sitk.WriteImage(sitk_from_array(numbers, scan.affine.numpy()), str(tmp_path / "numbers.nii.gz"))
-    attributes = [[{
-        "labelID": s.number, "SegmentLabel": s.name, "SegmentDescription": s.name, "SegmentAlgorithmType": "MANUAL",
-        "SegmentedPropertyCategoryCodeSequence": {"CodeValue": s.category.value, "CodingSchemeDesignator": s.category.scheme, "CodeMeaning": s.category.meaning},
-        "SegmentedPropertyTypeCodeSequence": {"CodeValue": s.type.value, "CodingSchemeDesignator": s.type.scheme, "CodeMeaning": s.type.meaning},
-        "recommendedDisplayRGBValue": list(s.color)} for s in segments]]
-    meta = {"ContentCreatorName": "Reader^One", "ClinicalTrialSeriesID": "1", "ClinicalTrialTimePointID": "1",
-            "SeriesDescription": "corrected", "SeriesNumber": "300", "InstanceNumber": "1", "BodyPartExamined": "",
-            "segmentAttributes": attributes}
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
-    out = tmp_path / "label.seg"
-    run = subprocess.run(["itkimage2segimage", "--inputImageList", str(tmp_path / "numbers.nii.gz"), "--inputDICOMDirectory",
-                          str(folder), "--inputMetadata", str(tmp_path / "meta.json"), "--outputDICOM", str(out)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    out, segments = dcmqi_seg(truth, labels, scan, folder, tmp_path / "label.seg")
     assert pydicom.dcmread(out, stop_before_pixels=True).NumberOfFrames < SHAPE[2] * len(segments)  # empty frames skipped
     back, _ = read_panoptic(out, label_set=labels, reference=folder)
     np.testing.assert_array_equal(back.numpy(), truth.numpy())

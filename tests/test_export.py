@@ -20,6 +20,7 @@ from medpanoptic.io.seg_nrrd import write_seg_nrrd
 from medpanoptic.io.table import instance_table
 
 from .conftest import lps_geometry
+from .dcmqi import dcmqi_seg
 
 needs = {tool: shutil.which(tool) for tool in ("dciodvfy", "dcentvfy", "segimage2itkimage", "itkimage2segimage")}
 
@@ -133,22 +134,7 @@ def test_damaged_seg_is_caught_by_the_same_checks(dicom_case, tmp_path):
 @requires("itkimage2segimage")
 def test_seg_made_by_dcmqi_maps_back(dicom_case, tmp_path):
     folder, scan, truth, labels = dicom_case
-    numbers, segments = segment_map(truth, labels)
-    label_map = tmp_path / "numbers.nii.gz"
-    sitk.WriteImage(sitk_from_array(numbers, scan.affine.numpy()), str(label_map))
-    attributes = [[{
-        "labelID": s.number, "SegmentLabel": s.name, "SegmentDescription": s.name, "SegmentAlgorithmType": "MANUAL",
-        "SegmentedPropertyCategoryCodeSequence": {"CodeValue": s.category.value, "CodingSchemeDesignator": s.category.scheme, "CodeMeaning": s.category.meaning},
-        "SegmentedPropertyTypeCodeSequence": {"CodeValue": s.type.value, "CodingSchemeDesignator": s.type.scheme, "CodeMeaning": s.type.meaning},
-        "recommendedDisplayRGBValue": list(s.color)} for s in segments]]
-    meta = {"ContentCreatorName": "Reader^One", "ClinicalTrialSeriesID": "1", "ClinicalTrialTimePointID": "1",
-            "SeriesDescription": "corrected", "SeriesNumber": "300", "InstanceNumber": "1", "BodyPartExamined": "",
-            "segmentAttributes": attributes}
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
-    out = tmp_path / "dcmqi_seg.dcm"
-    run = subprocess.run(["itkimage2segimage", "--inputImageList", str(label_map), "--inputDICOMDirectory", str(folder),
-                          "--inputMetadata", str(tmp_path / "meta.json"), "--outputDICOM", str(out)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    out, _ = dcmqi_seg(truth, labels, scan, folder, tmp_path / "dcmqi_seg.dcm")
     back, _ = read_panoptic(out, label_set=labels)
     np.testing.assert_array_equal(back.numpy(), truth.numpy())
 

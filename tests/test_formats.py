@@ -31,7 +31,7 @@ def dicom_result(oblique_ct, tmp_path_factory):
 @pytest.fixture
 def counted(monkeypatch):
     """How often the compiled passes over the voxels run (the real kernels, counted)."""
-    calls = {"pair_stats": 0, "segment_numbers": 0}
+    calls = {"gather_stats": 0, "segment_numbers": 0}
     for name in calls:
         real = getattr(kernels, name)
 
@@ -51,8 +51,8 @@ def test_every_writer_writes_the_files_it_declares_from_one_pass_each(oblique_ct
     assert files == sorted(f"case{suffix}" for name in FORMAT_NAMES for suffix in WRITERS[name].suffixes)
     assert sorted(p.name for p in written.values()) == files
     # statistics once (the checked pair_stats) and the segment numbering once, for all four viewer exports
-    assert counted == {"pair_stats": 1, "segment_numbers": 1}
-    assert result.n_instances == oblique_ct.n_instances and counted["pair_stats"] == 1
+    assert counted == {"gather_stats": 1, "segment_numbers": 1}
+    assert result.n_instances == oblique_ct.n_instances and counted["gather_stats"] == 1
 
 
 def test_one_instance_table_one_schema(oblique_ct, dicom_result, tmp_path):
