@@ -9,8 +9,9 @@ Names are imported lazily, so that `medpanoptic --help` does not wait for PyTorc
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 from ._version import __version__
 
@@ -33,9 +34,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .segment import PanopticResult, Segmenter
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medpanoptic' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

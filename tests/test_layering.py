@@ -17,7 +17,7 @@ import medpanoptic
 
 PACKAGE = Path(medpanoptic.__file__).resolve().parent
 FLOORS = (
-    ("base", ("medpanoptic._version", "medpanoptic.errors", "medpanoptic._kernels")),
+    ("base", ("medpanoptic._version", "medpanoptic._lazy", "medpanoptic.errors", "medpanoptic._kernels")),
     ("labels", ("medpanoptic.labels",)),
     ("pair", ("medpanoptic.pair",)),
     ("io", ("medpanoptic.io",)),

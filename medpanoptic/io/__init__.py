@@ -5,8 +5,9 @@ Names are imported on first use, so that reading a header (`medpanoptic info`) d
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "read_scan": "scan", "read_panoptic": "panoptic", "write_panoptic": "panoptic", "panoptic_paths": "panoptic",
@@ -21,9 +22,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .scan import read_scan
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medpanoptic.io' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
