@@ -242,21 +242,31 @@ class Segmenter:
             raise InputError(source, f"a grid of {tuple(image.shape[1:])} voxels is too small to segment")
         return image
 
-    def infer(self, image: MetaTensor, postprocess: "PanopticPostprocess | None" = None) -> dict:
-        """Pre-process, run the network, group and invert: the bundle's inference on one loaded image.
-
-        `postprocess` replaces the bundle's grouping for this call (e.g. connected components,
-        `PanopticPostprocess(seg.label_set, mode="components")`, or other knobs); the result,
-        `data["pred"]`, is on the scan's grid either way."""
-        from .transforms import PanopticPostprocessd
-
+    def forward(self, image: MetaTensor) -> dict:
+        """Pre-process and run the network on one loaded image: the dictionary `group` takes, whose
+        `pred` is the network's output tensor on the pre-processed grid."""
         data = self.preprocessing({"image": image.clone()})
         x = data["image"][None].to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             output = self.inferer(x, self.network)
         data["pred"] = output[0].float()
+        return data
+
+    def group(self, data: dict, postprocess: "PanopticPostprocess | None" = None) -> dict:
+        """Group the instances of a `forward` output and invert them onto the scan's grid.
+
+        `postprocess` replaces the bundle's grouping for this call (e.g. connected components,
+        `PanopticPostprocess(seg.label_set, mode="components")`, or other knobs). `data` is left
+        as it was, so one network output can be grouped several ways."""
+        from .transforms import PanopticPostprocessd
+
         grouping = self.panoptic if postprocess is None else PanopticPostprocessd("pred", postprocess=postprocess)
-        return self.invert(grouping(data))
+        return self.invert(grouping(dict(data)))
+
+    def infer(self, image: MetaTensor, postprocess: "PanopticPostprocess | None" = None) -> dict:
+        """The bundle's inference on one loaded image (`forward`, then `group`): `data["pred"]` is
+        the pair on the scan's grid."""
+        return self.group(self.forward(image), postprocess)
 
     def __call__(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None,
                  case: str | None = None, postprocess: "PanopticPostprocess | None" = None) -> PanopticResult:

@@ -196,8 +196,11 @@ def test_segmenter_infers_on_the_image_grid_and_swaps_the_grouping():
         assert data["pred"].shape == (2, 96, 80)
         np.testing.assert_allclose(data["pred"].affine.numpy(), phantom.image.affine.numpy(), atol=1e-6)
     assert grouped["pred_scores"] and components["pred_scores"] == {}
-    # one network output, two groupings: the same semantic map, instances as connected components
-    np.testing.assert_array_equal(grouped["pred"][0].numpy(), components["pred"][0].numpy())
+    # one network output, two groupings: the same semantic map, except thing voxels the grouping dropped
+    # (instances below min_size_mm, which connected components keep)
+    g, c = grouped["pred"][0].numpy(), components["pred"][0].numpy()
+    differ = g != c
+    assert differ.mean() < 0.01 and (g[differ] == 0).all() and np.isin(c[differ], seg.label_set.thing_ids).all()
     from medpanoptic.pair import instances_from_semantic, integer_pair
 
     semantic = integer_pair(components["pred"])[0].numpy()
@@ -206,6 +209,13 @@ def test_segmenter_infers_on_the_image_grid_and_swaps_the_grouping():
     np.testing.assert_array_equal(integer_pair(components["pred"])[1].numpy(), expected)
     result = seg(phantom.image, postprocess=PanopticPostprocess(seg.label_set, mode="components"))
     assert result.scores == {} and result.n_instances == int(expected.max())
+    # one forward pass grouped twice gives what two whole inferences give, and leaves the output as it was
+    output = seg.forward(image)
+    before = output["pred"].clone()
+    for post in (None, PanopticPostprocess(seg.label_set, mode="components")):
+        np.testing.assert_array_equal(seg.group(output, postprocess=post)["pred"].numpy(),
+                                      seg.infer(image, postprocess=post)["pred"].numpy())
+    assert output["pred"].shape == before.shape and torch.equal(output["pred"], before)
 
 
 @pytest.mark.slow

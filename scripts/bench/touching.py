@@ -4,9 +4,9 @@ on unseen 3D CT phantoms where 30% of the lesions touch a neighbour.
     python scripts/bench/touching.py [--bundle bundles/ct_lesion_panoptic] [--cases 8] [--lesions 20]
 
 Loads the bundle's trained weights (trained by its own train.json, see its docs/README.md),
-runs each case through the bundle's inference twice (`Segmenter.infer`), once with its own
-grouping and once with connected components as the post-processing (the network output is the
-same both times), and scores both against the phantom truth on the source grid.
+runs the network once per case (`Segmenter.forward`) and groups that one output twice
+(`Segmenter.group`): with the bundle's own grouping and with connected components as the
+post-processing, and scores both against the phantom truth on the source grid.
 Goal (network issue): grouping PQ_things >= 0.85 and at least 0.10 above connected components.
 """
 
@@ -35,9 +35,9 @@ def main() -> None:
     for i in range(args.cases):
         phantom = ct_phantom(n_lesions=args.lesions, touching_fraction=0.3, seed=args.seed + i)
         touching += int(round(args.lesions * 0.3)) // 2 * 2
-        image = seg.load(phantom.image)
+        output = seg.forward(seg.load(phantom.image))
         for name, post in (("grouping", None), ("components", components)):
-            pair = integer_pair(seg.infer(image, postprocess=post)["pred"])
+            pair = integer_pair(seg.group(output, postprocess=post)["pred"])
             q = panoptic_quality(pair, phantom.pair, phantom.label_set)
             totals[name] = q if totals[name] is None else totals[name] + q
     g, c = totals["grouping"].summary(), totals["components"].summary()
