@@ -8,8 +8,9 @@ baseline grid, and `match.match_lesions` says which are one finding. A lesion ke
 - `new` / `vanished`: present only later / only earlier;
 - `merged` / `split`: several earlier lesions became one (it keeps the lowest of their ids), or
   one became several (the largest fragment keeps its id, the others get new ones);
-- `grown` / `shrunk` / `stable`: by the change of its long axis (RECIST fractions by default:
-  grown at +20 %, shrunk at -30 %).
+- `grown` / `shrunk` / `stable`: by the change of its long axis (RECIST by default: grown at
+  +20 % and at least +5 mm, so that a small lesion's voxel-sized change is not growth; shrunk
+  at -30 %).
 
 RECIST 1.1 at each later time point: target lesions are the baseline's measurable ones (long
 axis >= 10 mm), largest first, at most 2 per organ and 5 in all; their sum of diameters (a
@@ -41,9 +42,10 @@ MAX_TARGETS, MAX_TARGETS_PER_ORGAN = 5, 2
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a lesion counts as grown or shrunk (fractions of its long axis) and how lesions are matched."""
+    """When a lesion counts as grown (a fraction and mm of its long axis) or shrunk (a fraction), and how lesions match."""
 
     grown: float = 0.2
+    grown_mm: float = 5.0
     shrunk: float = 0.3
     min_overlap: float = MIN_OVERLAP
     max_distance_mm: float = MAX_DISTANCE_MM
@@ -161,7 +163,7 @@ def _label_group(group, earlier, later, identity, next_id, thresholds: Threshold
 
 def _size_change(before: dict, after: dict, thresholds: Thresholds) -> str:
     old, new = float(before.get("recist_long_mm", 0.0)), float(after.get("recist_long_mm", 0.0))
-    if old > 0 and new >= old * (1 + thresholds.grown):
+    if old > 0 and new >= old * (1 + thresholds.grown) and new - old >= thresholds.grown_mm:
         return "grown"
     if old > 0 and new <= old * (1 - thresholds.shrunk):
         return "shrunk"
