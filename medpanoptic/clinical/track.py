@@ -228,7 +228,8 @@ def _percent(value: float, reference: float) -> str:
 
 
 def write_follow_up(result: FollowUp, timepoints: Sequence[TimePoint], out: str | os.PathLike) -> dict[str, Path]:
-    """`lesions.csv`, `timepoints.csv`, `volumes.png` and each time point's instance table with `lesion_id`."""
+    """`lesions.csv`, `timepoints.csv`, `volumes.png`, each time point's instance table with `lesion_id` and, for
+    a DICOM scan, its SEG and SR carrying each lesion's TrackingUID."""
     from ..io.paths import inside, unique_components
     from ..io.table import write_instance_table
 
@@ -244,11 +245,32 @@ def write_follow_up(result: FollowUp, timepoints: Sequence[TimePoint], out: str 
                  "tracking_uid": by_instance[r["instance"]]["tracking_uid"]} for r in tp.rows if r["instance"] in by_instance]
         stem = inside(out, out / f"{k:02d}_{name}")
         written.update({f"{k:02d}_{name}_{key}": p for key, p in write_instance_table(rows, stem).items()})
+        if is_dicom(tp.scan):
+            written.update({f"{k:02d}_{name}_{key}": p for key, p in write_dicom_timepoint(tp, rows, stem).items()})
     from .html import write_report_page
 
     written["report"] = write_report_page(out, "medpanoptic follow-up", {"Time points (RECIST 1.1)": result.timepoints,
                                           "Lesions": result.lesions}, {"lesion volume over time": written["volumes"]})
     return written
+
+
+def is_dicom(scan) -> bool:
+    """Whether a time point's scan came from DICOM (so a SEG and SR can reference it)."""
+    return scan is not None and str(scan.meta.get("source_format", "")).split("-")[0] == "dicom"
+
+
+def write_dicom_timepoint(tp: TimePoint, rows: list[dict], stem: Path) -> dict[str, Path]:
+    """`<stem>_seg.dcm` and `<stem>_sr.dcm`: every lesion with its follow-up TrackingUID and TrackingID 'lesion <id>',
+    so that a viewer sees one lesion as one finding at every time point."""
+    from ..io.dicom_seg import write_dicom_seg
+    from ..io.dicom_sr import write_sr
+
+    seg = write_dicom_seg(tp.pair, tp.label_set, tp.scan, f"{stem}_seg.dcm", series_description="medpanoptic follow-up",
+                          tracking_uids={r["instance"]: r["tracking_uid"] for r in rows},
+                          tracking_ids={r["instance"]: f"lesion {r['lesion_id']}" for r in rows})
+    if not rows:  # no lesion left: nothing to measure
+        return {"seg": seg}
+    return {"seg": seg, "sr": write_sr(tp.pair, tp.label_set, tp.scan, seg, f"{stem}_sr.dcm", rows=rows)}
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
