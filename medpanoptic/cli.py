@@ -365,6 +365,7 @@ def _configure_track(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: lesions.csv, timepoints.csv, volumes.png, report.html")
     p.add_argument("--registered", action="store_true", help="the results already share one frame: skip registration")
     p.add_argument("--grown", type=float, default=0.2, help="long-axis growth that makes a lesion 'grown' (default 0.2)")
+    p.add_argument("--grown-mm", type=float, default=5.0, help="... and long-axis growth in mm it also needs (default 5)")
     p.add_argument("--shrunk", type=float, default=0.3, help="long-axis shrinkage that makes it 'shrunk' (default 0.3)")
     p.add_argument("--max-distance-mm", type=float, default=10.0, help="centroid distance for matching without overlap")
 
@@ -378,7 +379,7 @@ def run_track(args: argparse.Namespace) -> int:
         raise MedPanopticError(f"--scans gives {len(args.scans)} scan(s) for {len(args.results)} result(s)")
     scans = args.scans or [None] * len(args.results)
     timepoints = [load_timepoint(r, s) for r, s in zip(args.results, scans)]
-    thresholds = Thresholds(grown=args.grown, shrunk=args.shrunk, max_distance_mm=args.max_distance_mm)
+    thresholds = Thresholds(grown=args.grown, grown_mm=args.grown_mm, shrunk=args.shrunk, max_distance_mm=args.max_distance_mm)
     result = follow_up(timepoints, registered=args.registered, thresholds=thresholds)
     written = write_follow_up(result, timepoints, args.out)
     for row in result.timepoints:

@@ -25,13 +25,14 @@ EXPECTED = {1: "grown", 2: "vanished", 3: "merged", 5: "split", 6: "stable", 7: 
 GRID = dict(shape=(80, 80, 40))
 
 
-def _track(tmp_path, motion: dict, extra: list[str]) -> tuple[list[dict], list[dict]]:
+def _track(tmp_path, motion: dict, extra: list[str], baseline=BASELINE, follow=FOLLOW_UP) -> tuple[list[dict], list[dict]]:
     labels = None
-    for name, lesions, move in (("baseline", BASELINE, {}), ("followup", FOLLOW_UP, motion)):
+    for name, lesions, move in (("baseline", baseline, {}), ("followup", follow, motion)):
         phantom = lesion_phantom(lesions, **GRID, **move)
         labels = phantom.label_set
         write_panoptic(phantom.pair, tmp_path / name / name, labels)
-    code = main(["track", str(tmp_path / "baseline"), str(tmp_path / "followup"), "--out", str(tmp_path / "out"), *extra])
+    code = main(["track", str(tmp_path / "baseline"), str(tmp_path / "followup"), "--out", str(tmp_path / "out"),
+                 *(["--grown-mm", "3"] if baseline is BASELINE else []), *extra])  # BASELINE's lesion 1 grows by 3.6 mm
     assert code == 0
     read = lambda name: list(csv.DictReader(open(tmp_path / "out" / name)))  # noqa: E731
     return read("lesions.csv"), read("timepoints.csv")
@@ -68,6 +69,18 @@ def test_track_without_registration_of_a_moved_follow_up_mislabels(tmp_path):
     lesions, _ = _track(tmp_path, motion, ["--registered", "--max-distance-mm", "0"])
     later = {int(r["lesion_id"]): r["status"] for r in lesions if r["timepoint"] == "1"}
     assert later != EXPECTED  # the registration is what makes the labels right
+
+
+SMALL = Ellipsoid((-10.0, 4.0, 4.0), (4.0, 4.0, 4.0))  # long axis 8 mm
+
+
+@pytest.mark.parametrize("extra, status", [([], "stable"), (["--grown-mm", "0"], "grown")])
+def test_small_lesion_growing_by_a_fifth_but_under_5_mm_is_stable(tmp_path, extra, status):
+    lesions, _ = _track(tmp_path, {}, ["--registered", *extra], baseline=[SMALL], follow=[SMALL.scaled(1.4)])
+    before, after = (next(r for r in lesions if r["timepoint"] == t) for t in ("0", "1"))
+    long_before, long_after = float(before["recist_long_mm"]), float(after["recist_long_mm"])
+    assert long_after >= 1.2 * long_before and long_after - long_before < 5.0  # grown by RECIST's fraction only
+    assert after["status"] == status
 
 
 @pytest.mark.parametrize("sums, new, present, response, rule", [

@@ -66,3 +66,19 @@ def test_evaluate_writes_the_froc_from_the_predictions_scores(tmp_path):
     assert rows[-1][0] == "cpm" and float(rows[-1][1]) == pytest.approx(3.75 / 7, abs=1e-5)
     instances = list(csv.DictReader(open(tmp_path / "report_instances.csv")))
     assert sorted(float(r["score"]) for r in instances if r["status"] != "FN") == [0.3, 0.5, 0.6, 0.7, 0.8, 0.9]
+    _check_report_page(tmp_path / "report.html")
+
+
+def _check_report_page(page) -> None:
+    """The evaluation page embeds the FROC and the PQ-per-case bar chart, each a PNG that decodes."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    images = dict(re.findall(r'<img alt="([^"]*)" title="[^"]*" src="data:image/png;base64,([^"]*)"', page.read_text()))
+    assert set(images) == {"FROC", "PQ per case"}
+    for data in images.values():
+        picture = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert picture.format == "PNG" and picture.size[0] >= 400

@@ -8,8 +8,9 @@ baseline grid, and `match.match_lesions` says which are one finding. A lesion ke
 - `new` / `vanished`: present only later / only earlier;
 - `merged` / `split`: several earlier lesions became one (it keeps the lowest of their ids), or
   one became several (the largest fragment keeps its id, the others get new ones);
-- `grown` / `shrunk` / `stable`: by the change of its long axis (RECIST fractions by default:
-  grown at +20 %, shrunk at -30 %).
+- `grown` / `shrunk` / `stable`: by the change of its long axis (RECIST by default: grown at
+  +20 % and at least +5 mm, so that a small lesion's voxel-sized change is not growth; shrunk
+  at -30 %).
 
 RECIST 1.1 at each later time point: target lesions are the baseline's measurable ones (long
 axis >= 10 mm), largest first, at most 2 per organ and 5 in all; their sum of diameters (a
@@ -41,9 +42,10 @@ MAX_TARGETS, MAX_TARGETS_PER_ORGAN = 5, 2
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a lesion counts as grown or shrunk (fractions of its long axis) and how lesions are matched."""
+    """When a lesion counts as grown (a fraction and mm of its long axis) or shrunk (a fraction), and how lesions match."""
 
     grown: float = 0.2
+    grown_mm: float = 5.0
     shrunk: float = 0.3
     min_overlap: float = MIN_OVERLAP
     max_distance_mm: float = MAX_DISTANCE_MM
@@ -161,7 +163,7 @@ def _label_group(group, earlier, later, identity, next_id, thresholds: Threshold
 
 def _size_change(before: dict, after: dict, thresholds: Thresholds) -> str:
     old, new = float(before.get("recist_long_mm", 0.0)), float(after.get("recist_long_mm", 0.0))
-    if old > 0 and new >= old * (1 + thresholds.grown):
+    if old > 0 and new >= old * (1 + thresholds.grown) and new - old >= thresholds.grown_mm:
         return "grown"
     if old > 0 and new <= old * (1 - thresholds.shrunk):
         return "shrunk"
@@ -226,7 +228,8 @@ def _percent(value: float, reference: float) -> str:
 
 
 def write_follow_up(result: FollowUp, timepoints: Sequence[TimePoint], out: str | os.PathLike) -> dict[str, Path]:
-    """`lesions.csv`, `timepoints.csv`, `volumes.png` and each time point's instance table with `lesion_id`."""
+    """`lesions.csv`, `timepoints.csv`, `volumes.png`, each time point's instance table with `lesion_id` and, for
+    a DICOM scan, its SEG and SR carrying each lesion's TrackingUID."""
     from ..io.paths import inside, unique_components
     from ..io.table import write_instance_table
 
@@ -242,11 +245,32 @@ def write_follow_up(result: FollowUp, timepoints: Sequence[TimePoint], out: str 
                  "tracking_uid": by_instance[r["instance"]]["tracking_uid"]} for r in tp.rows if r["instance"] in by_instance]
         stem = inside(out, out / f"{k:02d}_{name}")
         written.update({f"{k:02d}_{name}_{key}": p for key, p in write_instance_table(rows, stem).items()})
+        if is_dicom(tp.scan):
+            written.update({f"{k:02d}_{name}_{key}": p for key, p in write_dicom_timepoint(tp, rows, stem).items()})
     from .html import write_report_page
 
     written["report"] = write_report_page(out, "medpanoptic follow-up", {"Time points (RECIST 1.1)": result.timepoints,
                                           "Lesions": result.lesions}, {"lesion volume over time": written["volumes"]})
     return written
+
+
+def is_dicom(scan) -> bool:
+    """Whether a time point's scan came from DICOM (so a SEG and SR can reference it)."""
+    return scan is not None and str(scan.meta.get("source_format", "")).split("-")[0] == "dicom"
+
+
+def write_dicom_timepoint(tp: TimePoint, rows: list[dict], stem: Path) -> dict[str, Path]:
+    """`<stem>_seg.dcm` and `<stem>_sr.dcm`: every lesion with its follow-up TrackingUID and TrackingID 'lesion <id>',
+    so that a viewer sees one lesion as one finding at every time point."""
+    from ..io.dicom_seg import write_dicom_seg
+    from ..io.dicom_sr import write_sr
+
+    seg = write_dicom_seg(tp.pair, tp.label_set, tp.scan, f"{stem}_seg.dcm", series_description="medpanoptic follow-up",
+                          tracking_uids={r["instance"]: r["tracking_uid"] for r in rows},
+                          tracking_ids={r["instance"]: f"lesion {r['lesion_id']}" for r in rows})
+    if not rows:  # no lesion left: nothing to measure
+        return {"seg": seg}
+    return {"seg": seg, "sr": write_sr(tp.pair, tp.label_set, tp.scan, seg, f"{stem}_sr.dcm", rows=rows)}
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -50,7 +50,7 @@ def _code_of(item) -> Code:
 
 
 def segment_description(s: Segment, algorithm: hd.AlgorithmIdentificationSequence,
-                        tracking_uid: str | None = None) -> hd.seg.SegmentDescription:
+                        tracking_uid: str | None = None, tracking_id: str | None = None) -> hd.seg.SegmentDescription:
     """A segment's DICOM description: label, category, type with its modifier (0062,0011), anatomic
     region with its modifier (0008,2220), tracking identity (a new TrackingUID unless given: a
     follow-up keeps one per lesion) and colour. highdicom's constructor has no modifier
@@ -59,7 +59,7 @@ def segment_description(s: Segment, algorithm: hd.AlgorithmIdentificationSequenc
         segment_number=s.number, segment_label=s.name,
         segmented_property_category=_coded(s.category), segmented_property_type=_coded(s.type),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
-        tracking_uid=tracking_uid or generate_uid(), tracking_id=s.tracking_id,
+        tracking_uid=tracking_uid or generate_uid(), tracking_id=tracking_id or s.tracking_id,
         anatomic_regions=[_coded(s.anatomic_region)] if s.anatomic_region is not None else None,
         display_color=hd.color.CIELabColor.from_rgb(*s.color),
     )
@@ -102,12 +102,14 @@ def write_dicom_seg(
     algorithm_version: str | None = None,
     numbering: Numbering | None = None,
     tracking_uids: Mapping[int, str] | None = None,
+    tracking_ids: Mapping[int, str] | None = None,
 ) -> Path:
     """Write `pair` (on the source scan's grid) as a DICOM SEG referencing the source series.
 
     `source` is the scan from `read_scan` (its meta knows the files) or its DICOM folder/file;
     `numbering` is the pair's `segment_map`, when already made; `tracking_uids` (instance id ->
-    UID) gives lesions the TrackingUID of their identity across time points.
+    UID) gives lesions the TrackingUID of their identity across time points, `tracking_ids` (instance
+    id -> 'lesion 4') its TrackingID.
     """
     scan = source if isinstance(source, MetaTensor) else read_scan(source)
     where = str(scan.meta.get("filename_or_obj", source if not isinstance(source, MetaTensor) else "source"))
@@ -125,8 +127,8 @@ def write_dicom_seg(
         frames = frames[np.argsort(scan.meta["frame_numbers"])]  # back to the source's own frame order
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version or __version__)
-    descriptions = [segment_description(s, algorithm, (tracking_uids or {}).get(s.instance) if s.instance else None)
-                    for s in segments]
+    descriptions = [segment_description(s, algorithm, *((tracking_uids or {}).get(s.instance), (tracking_ids or {}).get(s.instance))
+                                        if s.instance else (None, None)) for s in segments]
     # highdicom and pydicom build tens of thousands of small objects (one functional-group
     # item per frame); pausing the cyclic garbage collector meanwhile saves a quarter of the time
     collecting = gc.isenabled()

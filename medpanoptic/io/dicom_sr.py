@@ -51,9 +51,9 @@ def write_sr(pair, label_set: LabelSet, source: MetaTensor, seg_path: str | os.P
     evidence = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.meta["source_files"]]
     if rows is None:
         rows = instance_table(pair, label_set, source if tuple(source.shape[1:]) == tuple(pair.shape[1:]) else None)
-    segments = _thing_segments(seg)
-    groups = [_lesion_group(row, seg, segments[row["instance"]], label_set) for row in rows
-              if row["instance"] in segments]
+    segments, by_uid = _thing_segments(seg)
+    found = [(row, by_uid.get(str(row.get("tracking_uid"))) or segments.get(row["instance"])) for row in rows]
+    groups = [_lesion_group(row, seg, segment, label_set) for row, segment in found if segment is not None]
     if not groups:
         raise InputError(seg_path, "the DICOM SEG has no lesion segment to report")
     observer = hd.sr.ObserverContext(
@@ -73,14 +73,18 @@ def write_sr(pair, label_set: LabelSet, source: MetaTensor, seg_path: str | os.P
     return path
 
 
-def _thing_segments(seg: pydicom.Dataset) -> dict[int, pydicom.Dataset]:
-    """Instance id -> SegmentSequence item, for the segments whose TrackingID names an instance."""
-    out = {}
+def _thing_segments(seg: pydicom.Dataset) -> tuple[dict[int, pydicom.Dataset], dict[str, pydicom.Dataset]]:
+    """The thing segments by instance id (their TrackingID's number) and by TrackingUID.
+
+    A follow-up's SEG names lesions by `lesion_id`, not instance: there a row finds its segment by UID.
+    """
+    by_instance, by_uid = {}, {}
     for item in seg.SegmentSequence:
         found = found_segment(int(item.SegmentNumber), item)
         if found.instance is not None:
-            out[found.instance] = item
-    return out
+            by_instance[found.instance] = item
+            by_uid[str(item.get("TrackingUID", ""))] = item
+    return by_instance, by_uid
 
 
 def _lesion_group(row: dict, seg: pydicom.Dataset, segment: pydicom.Dataset, label_set: LabelSet):

@@ -138,3 +138,20 @@ def cohort_overview(cases: Sequence[str], counts: Sequence[int], volumes_ml: Seq
     with atomic_paths(path) as (tmp,):
         fig.savefig(tmp, format="png")
     return path
+
+
+def pq_per_case_plot(cases: Sequence[str], pq: Sequence[float], path: str | os.PathLike) -> Path:
+    """A bar per case of its panoptic quality (0..1): the cases that pull the mean down stand out."""
+    fig = _figure(1, panel_inches=max(4.0, 0.25 * len(cases)))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(cases))
+    ax.bar(x, [0.0 if v != v else v for v in pq], color="#4c72b0")  # a NaN PQ (nothing to score) draws no bar
+    ax.set_xticks(x, cases, rotation=90, fontsize=7, parse_math=False)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("PQ")
+    ax.set_title(f"panoptic quality per case: {len(cases)} case(s)")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_paths(path) as (tmp,):
+        fig.savefig(tmp, format="png")
+    return path

@@ -121,7 +121,8 @@ class EvaluationReport:
 
     def write(self, out: str | os.PathLike) -> list[Path]:
         """Write `<out>` (per case), `<out stem>_instances.csv`, `<out stem>_summary.csv` and, when
-        there are lesions, the FROC (`<out stem>_froc.csv` and `.png`)."""
+        there are lesions, the FROC (`<out stem>_froc.csv` and `.png`); `report.html` beside them shows the
+        tables, the FROC and the PQ per case (`<out stem>_pq_per_case.png`)."""
         from ..io.atomic import atomic_paths
 
         paths = check_report_path(out)
@@ -132,8 +133,13 @@ class EvaluationReport:
         if self.instances and self.per_image:
             paths += write_froc(froc(self.instances, len(self.per_image)), Path(out).with_suffix(""))
         from ..clinical.html import write_report_page
+        from ..io.qc import pq_per_case_plot
 
         plots = {"FROC": p for p in paths if p.suffix == ".png"}
+        if self.cases:
+            paths.append(pq_per_case_plot([str(r["case"]) for r in self.cases], [float(r["pq"]) for r in self.cases],
+                                          Path(f"{Path(out).with_suffix('')}_pq_per_case.png")))
+            plots["PQ per case"] = paths[-1]
         paths.append(write_report_page(Path(out).parent, "medpanoptic evaluation", {
             "Summary": self.summary_rows(), "Cases": self.cases + self.errors, "Instances": self.instances}, plots))
         return paths
