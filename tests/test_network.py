@@ -81,7 +81,7 @@ def test_compiled_cpu_grouping_equals_the_torch_grouping(dims, seed, vote_sigma_
 
 
 def test_grouping_backend_is_checked():
-    phantom = nuclei_phantom(shape=(32, 32), n_nuclei=2, seed=1)
+    phantom = nuclei_phantom(shape=(48, 48), n_nuclei=2, seed=1)
     heads = ideal_heads(phantom, NUCLEI_SPACING, 0.001)
     with pytest.raises(ValueError, match="unknown backend 'numba' \\(expected one of auto, torch, compiled\\)"):
         group_instances(*heads, phantom.label_set, NUCLEI_SPACING, backend="numba")

@@ -2,7 +2,7 @@
 
 The result is one 4x4 matrix in RAS mm that maps a baseline point to the follow-up point
 showing the same anatomy, so a follow-up map is brought onto the baseline grid by sampling it
-there (`to_baseline_grid`). The LPS <-> RAS flip is `io.geometry.LPS_TO_RAS`, nowhere else.
+there (`to_baseline_grid`). ITK's LPS transform becomes RAS in `io.geometry`, as every LPS <-> RAS flip does.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..io.geometry import LPS_TO_RAS, ras_to_voxel, voxel_to_ras
+from ..io.geometry import lps_transform_to_ras, ras_to_voxel, voxel_to_ras
 from ..io.itk import sitk_from_array
 from ..labels import LabelSet
 
@@ -70,7 +70,7 @@ def _ras_matrix(transform: sitk.Transform) -> np.ndarray:
     lps = np.eye(4)
     lps[:3, :3] = matrix
     lps[:3, 3] = translation + center - matrix @ center
-    return LPS_TO_RAS @ lps @ LPS_TO_RAS
+    return lps_transform_to_ras(lps)
 
 
 def stuff_guide(label: np.ndarray, label_set: LabelSet) -> np.ndarray:

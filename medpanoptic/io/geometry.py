@@ -41,6 +41,11 @@ def lps_to_ras(affine: np.ndarray) -> np.ndarray:
     return LPS_TO_RAS @ np.asarray(affine, dtype=float)
 
 
+def lps_transform_to_ras(matrix: np.ndarray) -> np.ndarray:
+    """A 4x4 point transform in LPS mm (ITK's registration result) as the same transform in RAS mm."""
+    return LPS_TO_RAS @ np.asarray(matrix, dtype=float) @ LPS_TO_RAS
+
+
 def to_ijk_order(voxels: np.ndarray) -> np.ndarray:
     """A view of planes-first voxels (k, j, i) — SimpleITK's, DICOM frames', NIfTI's byte order —
     indexed (i, j, k). A trailing component axis (k, j, i, c) comes first: (c, i, j, k)."""
