@@ -37,13 +37,33 @@ def _usable_cores() -> int:
 
 
 def _other_runnable() -> int:
-    """Processes (threads) running or waiting for a core right now, besides the caller."""
+    """Threads of other processes running or waiting for a core right now.
+
+    The system's count (/proc/loadavg) includes this process: the caller, and the kernels' own
+    worker threads, which spin a while after each parallel region. Counting those as load would
+    halve the threads of every kernel after the first.
+    """
     try:
         with open("/proc/loadavg", encoding="ascii") as f:
             running = int(f.read().split()[3].split("/")[0])
-        return max(0, running - 1)
     except (OSError, ValueError, IndexError):
         return int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(0, running - _own_running())
+
+
+def _own_running() -> int:
+    """Threads of this process that are running now (at least the caller)."""
+    own = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/stat", encoding="ascii") as f:
+                    own += f.read().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):
+                continue
+    except OSError:
+        pass
+    return max(1, own)
 
 
 def kernel_threads() -> int:

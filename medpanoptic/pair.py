@@ -100,11 +100,7 @@ def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: st
     """
     if backend not in CHECK_BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (expected one of {', '.join(CHECK_BACKENDS)})")
-    pair = torch.as_tensor(pair).as_subclass(torch.Tensor)  # plain tensor: no meta bookkeeping per op
-    if pair.ndim not in (3, 4) or pair.shape[0] != 2:
-        raise PanopticError(f"{source}: expected shape (2, *spatial) with 2 or 3 spatial axes, got {tuple(pair.shape)}")
-    if pair.dtype.is_floating_point or pair.dtype == torch.bool:
-        raise PanopticError(f"{source}: expected an integer dtype, got {pair.dtype}")
+    pair = check_layout(pair, source)
     if pair.numel() == 0:
         return None
     if backend == "auto":
@@ -113,6 +109,16 @@ def check_pair(pair: torch.Tensor, label_set: LabelSet | None = None, source: st
         _check_with_torch(pair, label_set, source)
         return None
     return _check_compiled(pair.cpu(), label_set, source)
+
+
+def check_layout(pair, source: str = "panoptic pair") -> torch.Tensor:
+    """The pair as a plain tensor, refused unless it is (2, *spatial) with 2 or 3 spatial axes and integer."""
+    pair = torch.as_tensor(pair).as_subclass(torch.Tensor)  # plain tensor: no meta bookkeeping per op
+    if pair.ndim not in (3, 4) or pair.shape[0] != 2:
+        raise PanopticError(f"{source}: expected shape (2, *spatial) with 2 or 3 spatial axes, got {tuple(pair.shape)}")
+    if pair.dtype.is_floating_point or pair.dtype == torch.bool:
+        raise PanopticError(f"{source}: expected an integer dtype, got {pair.dtype}")
+    return pair
 
 
 def _check_compiled(pair: torch.Tensor, label_set: LabelSet | None, source: str) -> PairStats:
@@ -124,7 +130,34 @@ def _check_compiled(pair: torch.Tensor, label_set: LabelSet | None, source: str)
             raise PanopticError(f"{source}: negative label or instance ids")
         beyond = torch.unique(pair[LABEL][pair[LABEL] >= n_labels]).tolist()
         raise PanopticError(f"{source}: label ids {beyond} are not in the label set {label_set.ids}")
-    without, with_instance = stats.label_voxels
+    ids = stats.ids
+    _check_rules(*stats.label_voxels, ids, stats.label_low[ids], stats.label_high[ids], label_set, source)
+    return stats
+
+
+def check_segments(segments: np.ndarray, label_set: LabelSet | None = None, source: str = "panoptic pair") -> None:
+    """The rules of `check_pair` (but shape, dtype and negative ids, which a counting pass refuses
+    first) from the segments a pair holds: (label, instance, voxels) rows, as a contingency
+    table lists them. A caller that has counted them need not pass over the voxels again."""
+    segments = np.asarray(segments, dtype=np.int64).reshape(-1, 3)
+    segments = segments[segments[:, 2] > 0]
+    labels, instances, voxels = segments.T
+    n_labels = max(int(labels.max(initial=0)), label_set.max_id if label_set else 0) + 1
+    without = np.bincount(labels[instances == 0], weights=voxels[instances == 0], minlength=n_labels)
+    with_instance = np.bincount(labels[instances > 0], weights=voxels[instances > 0], minlength=n_labels)
+    things = instances > 0
+    ids, where = np.unique(instances[things], return_inverse=True)
+    low = np.full(len(ids), np.iinfo(np.int64).max)
+    high = np.full(len(ids), -1)
+    np.minimum.at(low, where, labels[things])
+    np.maximum.at(high, where, labels[things])
+    _check_rules(without, with_instance, ids, low, high, label_set, source)
+
+
+def _check_rules(without: np.ndarray, with_instance: np.ndarray, ids: np.ndarray, label_low: np.ndarray,
+                 label_high: np.ndarray, label_set: LabelSet | None, source: str) -> None:
+    """The rules of `check_pair` on what a pass counted: per label its voxels without / with an
+    instance, and per instance id (`ids`) the smallest and largest label among its voxels."""
     if label_set is not None:
         unknown = [v for v in np.flatnonzero(without + with_instance).tolist() if v and v not in label_set]
         if unknown:
@@ -132,15 +165,13 @@ def _check_compiled(pair: torch.Tensor, label_set: LabelSet | None, source: str)
     if with_instance[0]:
         raise PanopticError(f"{source}: instance ids on background (label 0) voxels")
     if label_set is not None:
-        if any(with_instance[c] for c in label_set.stuff_ids):
+        if any(with_instance[c] for c in label_set.stuff_ids if c < len(with_instance)):
             raise PanopticError(f"{source}: stuff classes must carry instance 0")
-        if any(without[c] for c in label_set.thing_ids):
+        if any(without[c] for c in label_set.thing_ids if c < len(without)):
             raise PanopticError(f"{source}: thing voxels with instance 0")
-    ids = stats.ids
-    bad = ids[stats.label_low[ids] != stats.label_high[ids]].tolist()
+    bad = ids[label_low != label_high].tolist()
     if bad:
         raise PanopticError(f"{source}: instance ids {bad[:10]} span more than one class")
-    return stats
 
 
 def _check_with_torch(pair: torch.Tensor, label_set: LabelSet | None, source: str) -> None:

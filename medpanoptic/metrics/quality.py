@@ -31,7 +31,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ..errors import PanopticError
 from ..labels import LabelClass, LabelSet
-from ..pair import check_pair
+from ..pair import check_layout, check_pair, check_segments
 from .contingency import Contingency, contingency
 
 Matching = Literal["unique", "hungarian"]
@@ -215,25 +215,36 @@ def panoptic_quality(
 ) -> PanopticQuality:
     """PQ, SQ and RQ of a predicted pair against a ground-truth pair (2D or 3D, numpy or torch, any device).
 
-    With `check` (the default) both pairs are first held to the rules of `pair.check_pair`
-    (one compiled pass each on the CPU): a thing voxel without an instance, an instance on
-    background or stuff, an id spanning two classes or a label outside the label set (and
-    `void_label`) raises a `PanopticError` naming the prediction or the ground truth, instead of
-    turning silently into extra false positives or negatives. `check=False` skips that pass for
-    pairs already checked (e.g. just read by `read_panoptic`); malformed pairs then give
-    undefined figures. Matching below IoU 0.5 filters first, then assigns (see the module notes).
+    With `check` (the default) both pairs are held to the rules of `pair.check_pair`, judged
+    from the segments the contingency table counted (no pass over the voxels of its own): a
+    thing voxel without an instance, an instance on background or stuff, an id spanning two
+    classes or a label outside the label set (and `void_label`) raises a `PanopticError`
+    naming the prediction or the ground truth, instead of turning silently into extra false
+    positives or negatives. `check=False` skips the rules for pairs already checked (e.g. just
+    read by `read_panoptic`); malformed pairs then give undefined figures. Matching below IoU 0.5 filters first, then assigns (see the module notes).
 
     Example::
 
         result = panoptic_quality(pred_pair, gt_pair, label_set)
         result.pq(), result.summary()["pq_things"], result.per_class()
     """
-    if check:
-        allowed = _with_void(label_set, void_label)
-        check_pair(pred, allowed, source="prediction")
-        check_pair(gt, allowed, source="ground truth")
     n_labels = max(label_set.max_id, void_label or 0) + 1
-    return match_segments(contingency(pred, gt, n_labels), label_set, void_label, iou_threshold, matching)
+    if check:
+        check_layout(pred, "prediction")
+        check_layout(gt, "ground truth")
+    try:
+        table = contingency(pred, gt, n_labels)
+    except PanopticError:
+        if check:  # say which pair breaks which rule
+            allowed = _with_void(label_set, void_label)
+            check_pair(pred, allowed, source="prediction")
+            check_pair(gt, allowed, source="ground truth")
+        raise
+    if check:  # the rules from the segments the table counted: no second pass over the voxels
+        allowed = _with_void(label_set, void_label)
+        check_segments(table.pred_segments, allowed, source="prediction")
+        check_segments(table.gt_segments, allowed, source="ground truth")
+    return match_segments(table, label_set, void_label, iou_threshold, matching)
 
 
 def _with_void(label_set: LabelSet, void_label: int | None) -> LabelSet:
