@@ -43,12 +43,13 @@ class ScanFormat:
     reader: Literal["nifti", "itk"]
     text_header: bool = False
     picture: bool = False
+    label_map: bool = False  # also read as a semantic label map with a geometry (ground truth, Decathlon labels)
 
 
 SCAN_FORMATS = (
-    ScanFormat("nifti", (".nii.gz", ".nii"), "nifti"),
-    ScanFormat("nrrd", (".nrrd", ".nhdr"), "itk", text_header=True),
-    ScanFormat("metaimage", (".mha", ".mhd"), "itk", text_header=True),
+    ScanFormat("nifti", (".nii.gz", ".nii"), "nifti", label_map=True),
+    ScanFormat("nrrd", (".nrrd", ".nhdr"), "itk", text_header=True, label_map=True),
+    ScanFormat("metaimage", (".mha", ".mhd"), "itk", text_header=True, label_map=True),
     ScanFormat("png", (".png",), "itk", picture=True),
     ScanFormat("tiff", (".tif", ".tiff"), "itk"),
     ScanFormat("jpeg", (".jpg", ".jpeg"), "itk", picture=True),
@@ -59,6 +60,10 @@ SCAN_FORMAT_OF = {suffix: fmt for fmt in SCAN_FORMATS for suffix in fmt.suffixes
 """Suffix -> scan format."""
 SCAN_SUFFIXES = tuple(sorted(SCAN_FORMAT_OF, key=len, reverse=True))
 """Every scan suffix, longest first (`.nii.gz` before `.gz`-less `.nii`): what `find_scans` collects."""
+
+
+LABEL_MAP_SUFFIXES = tuple(s for s in SCAN_SUFFIXES if SCAN_FORMAT_OF[s].label_map)
+"""Suffixes of files read as semantic label maps, longest first."""
 
 
 def scan_suffix(path: str | os.PathLike) -> str | None:
@@ -95,6 +100,14 @@ class Result(Protocol):
 
 
 WriteFn = Callable[[Result, "str | os.PathLike"], "dict[str, Path]"]
+
+PANOPTIC_SUFFIXES = {"label": "_label.nii.gz", "instance": "_instance.nii.gz", "json": "_panoptic.json",
+                     "pair": "_pair.nii.gz"}
+"""The files of `write_panoptic` beside a stem (`pair`: its `single_file=True` two-component NIfTI)."""
+TIFF_SUFFIXES = {"label": "_label.tif", "instance": "_instance.tif"}
+"""The files of `write_tiff_maps` beside a stem."""
+SEG_NRRD_SUFFIX = ".seg.nrrd"
+"""A Slicer segmentation: known by this name (an NRRD inside)."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +183,7 @@ def _write_sr(result: Result, stem) -> dict[str, Path]:
 def _write_seg_nrrd(result: Result, stem) -> dict[str, Path]:
     from .seg_nrrd import write_seg_nrrd
 
-    return {"seg-nrrd": write_seg_nrrd(result.pair, result.label_set, f"{os.fspath(stem)}.seg.nrrd",
+    return {"seg-nrrd": write_seg_nrrd(result.pair, result.label_set, f"{os.fspath(stem)}{SEG_NRRD_SUFFIX}",
                                        numbering=result.segment_map)}
 
 
@@ -203,7 +216,7 @@ def _write_png(result: Result, stem) -> dict[str, Path]:
 
 
 WRITERS: dict[str, Writer] = {w.name: w for w in (
-    Writer("nifti", ("_label.nii.gz", "_instance.nii.gz", "_panoptic.json"), _write_nifti,
+    Writer("nifti", tuple(PANOPTIC_SUFFIXES[k] for k in ("label", "instance", "json")), _write_nifti,
            "label and instance maps (NIfTI) and the label set with the instance table (JSON)"),
     Writer("dicom-seg", ("_seg.dcm",), _dicom_seg_writer("dicom-seg", "_seg.dcm", "BINARY"),
            "DICOM Segmentation (BINARY) referencing the source series", needs_dicom=True, check=_check_dicom_source),
@@ -211,18 +224,22 @@ WRITERS: dict[str, Writer] = {w.name: w for w in (
            "DICOM Segmentation (LABELMAP, RLE)", needs_dicom=True, check=_check_dicom_source),
     Writer("sr", ("_sr.dcm",), _write_sr, "DICOM SR measurement report (TID 1500) of the lesions, referencing the SEG",
            needs_dicom=True, check=_check_dicom_source, requires=("dicom-seg",)),
-    Writer("seg-nrrd", (".seg.nrrd",), _write_seg_nrrd, "3D Slicer segmentation"),
+    Writer("seg-nrrd", (SEG_NRRD_SUFFIX,), _write_seg_nrrd, "3D Slicer segmentation"),
     Writer("labelmap", ("_segments.nii.gz", "_segments.itksnap.txt", "_segments.ctbl"), _write_labelmap,
            "segment numbers (NIfTI) with ITK-SNAP and Slicer colour tables"),
     Writer("table", ("_instances.csv", "_instances.json"), _write_table, "the instance table (CSV and JSON)"),
-    Writer("tiff", ("_label.tif", "_instance.tif"), _write_tiff, "label and instance maps as TIFF, numpy's axis order"),
+    Writer("tiff", tuple(TIFF_SUFFIXES.values()), _write_tiff, "label and instance maps as TIFF, numpy's axis order"),
     Writer("png", ("_qc.png",), _write_png, "the QC montage"),
 )}
 FORMAT_NAMES = tuple(WRITERS)
 
-OUTPUT_SUFFIXES = tuple(suffix for w in WRITERS.values() for suffix in w.suffixes) + ("_pair.nii.gz",)
+OUTPUT_SUFFIXES = tuple(suffix for w in WRITERS.values() for suffix in w.suffixes) + (PANOPTIC_SUFFIXES["pair"],)
 """Every file name ending a writer gives its output (`_pair.nii.gz`: `write_panoptic(single_file=True)`);
 `find_scans` does not take these for scans."""
+
+SEG_NAME_SUFFIXES = tuple(w.suffixes[0] for w in WRITERS.values() if w.name.startswith("dicom-seg")) + (".dcm", ".seg")
+"""Endings a DICOM SEG's file name may have (ours, then any `.dcm`, dcmqi's `.seg`); a SEG is known by
+its content, these only give its case name."""
 
 
 def check_formats(formats: Iterable[str]) -> list[str]:

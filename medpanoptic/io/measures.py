@@ -96,15 +96,33 @@ def axial_diameters(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float,
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
     ijk = (grid - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
     inside = ndimage.map_coordinates(mask.astype(np.uint8), np.moveaxis(ijk, -1, 0), order=0, mode="constant") > 0
-    best = (0.0, 0.0, float(points[:, 2].mean()))
-    for k, z in enumerate(axes[2]):
-        plane = grid[:, :, k, :2][inside[:, :, k]]
-        if len(plane) == 0:
-            continue
-        long_mm, short_mm = planar_diameters(plane, step)
-        if long_mm > best[0]:
-            best = (long_mm, short_mm, float(z))
-    return best
+    planes = [grid[:, :, k, :2][inside[:, :, k]] for k in range(len(axes[2]))]
+    # a plane's long axis is at most twice its points' largest distance from their mean: measure
+    # the planes in order of that bound and stop once no plane left can beat the best (the first
+    # plane of the longest axis wins, as in a plane-by-plane scan)
+    bound = np.array([2.0 * np.sqrt(((p - p.mean(0)) ** 2).sum(1).max()) if len(p) > 1 else 0.0 for p in planes])
+    best_long, best_k = 0.0, None
+    for k in np.argsort(-bound, kind="stable").tolist():
+        if bound[k] < best_long or bound[k] == 0.0:
+            break
+        long_mm = longest_chord(planes[k])[0]
+        if long_mm > best_long or (long_mm == best_long and best_k is not None and k < best_k):
+            best_long, best_k = long_mm, k
+    if best_k is None:
+        return 0.0, 0.0, float(points[:, 2].mean())
+    long_mm, short_mm = planar_diameters(planes[best_k], step)
+    return long_mm, short_mm, float(axes[2][best_k])
+
+
+def longest_chord(points: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(length, one end, other end) of the longest segment between two of `points` (n, 2), over their hull."""
+    try:
+        hull = points[ConvexHull(points).vertices]
+    except (QhullError, ValueError):
+        hull = points
+    distances = np.linalg.norm(hull[:, None] - hull[None], axis=-1)
+    a, b = np.unravel_index(int(np.argmax(distances)), distances.shape)
+    return float(distances[a, b]), hull[a], hull[b]
 
 
 def planar_diameters(points: np.ndarray, step: float) -> tuple[float, float]:
@@ -112,16 +130,10 @@ def planar_diameters(points: np.ndarray, step: float) -> tuple[float, float]:
     chord perpendicular to it: RECIST's long and short axis."""
     if len(points) < 2:
         return 0.0, 0.0
-    try:
-        hull = points[ConvexHull(points).vertices]
-    except (QhullError, ValueError):
-        hull = points
-    distances = np.linalg.norm(hull[:, None] - hull[None], axis=-1)
-    a, b = np.unravel_index(int(np.argmax(distances)), distances.shape)
-    long_mm = float(distances[a, b])
+    long_mm, a, b = longest_chord(points)
     if long_mm == 0:
         return 0.0, 0.0
-    along = (hull[b] - hull[a]) / long_mm
+    along = (b - a) / long_mm
     across = np.array([-along[1], along[0]])
     position = np.round(points @ along / step).astype(np.int64)  # chords perpendicular to the long axis
     offset = points @ across

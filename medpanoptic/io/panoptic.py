@@ -22,6 +22,7 @@ from ..errors import GeometryError, InputError, LabelSetError, PanopticError
 from ..labels import LabelSet
 from ..pair import INSTANCE, LABEL, check_pair, instances_from_semantic
 from .atomic import atomic_paths
+from .formats import PANOPTIC_SUFFIXES, SEG_NRRD_SUFFIX, TIFF_SUFFIXES, scan_format
 from .geometry import from_ijk_order, same_grid
 from .itk import array_from_sitk
 from .nifti import read_nifti, write_nifti
@@ -30,7 +31,7 @@ from .table import instance_table
 
 FORMAT_NAME = "medpanoptic.panoptic"
 FORMAT_VERSION = 1
-SUFFIXES = {"label": "_label.nii.gz", "instance": "_instance.nii.gz", "json": "_panoptic.json", "pair": "_pair.nii.gz"}
+SUFFIXES = PANOPTIC_SUFFIXES
 IDENTITY_KEYS = ("patient_id", "study_instance_uid", "series_instance_uid", "frame_of_reference_uid")
 """Who and where a result belongs to: copied from the source scan's meta, checked before a DICOM SEG is written."""
 
@@ -105,9 +106,6 @@ def write_panoptic(
     return {k: paths[k] for k in keys}
 
 
-TIFF_SUFFIXES = {"label": "_label.tif", "instance": "_instance.tif"}
-
-
 def write_tiff_maps(pair: torch.Tensor, stem: str | os.PathLike) -> dict[str, Path]:
     """`<stem>_label.tif` (uint16) and `<stem>_instance.tif` (uint16, uint32 past 65535) in numpy's axis order.
 
@@ -146,7 +144,8 @@ def _write_map(path: Path, values: np.ndarray, affine: np.ndarray, compress: boo
 
 
 def _read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if path.name.lower().endswith((".nii", ".nii.gz")):
+    fmt = scan_format(path)
+    if fmt is not None and fmt.reader == "nifti":
         array, affine = read_nifti(path)
     else:
         try:
@@ -291,7 +290,7 @@ def read_viewer_segmentation(
     from .seg_nrrd import read_seg_nrrd, seg_nrrd_label_set
 
     path = Path(path)
-    nrrd = path.name.endswith(".seg.nrrd")
+    nrrd = path.name.endswith(SEG_NRRD_SUFFIX)
     if label_set is None:  # the classes (names, codes, colours) the file's segments state
         label_set = seg_nrrd_label_set(path) if nrrd else dicom_seg_label_set(path)
     if nrrd:
@@ -305,7 +304,7 @@ def is_viewer_segmentation(path: Path) -> bool:
     """Whether `path` is a Slicer `.seg.nrrd` (by name) or a DICOM SEG (by content)."""
     from .dicom_seg import is_dicom_seg
 
-    return path.name.endswith(".seg.nrrd") or (path.is_file() and is_dicom_seg(path))
+    return path.name.endswith(SEG_NRRD_SUFFIX) or (path.is_file() and is_dicom_seg(path))
 
 
 def label_set_of_thing_classes(thing_classes: Mapping[int, str], label_map: np.ndarray, path: Path) -> LabelSet:

@@ -21,14 +21,13 @@ from typing import Iterable
 
 from ..errors import GeometryError, InputError, LabelSetError, MedPanopticError
 from ..io.geometry import same_grid, spacing_from_affine
+from ..io.formats import LABEL_MAP_SUFFIXES, SEG_NAME_SUFFIXES
 from ..io.panoptic import SUFFIXES, read_panoptic
 from ..labels import LabelSet
 from .froc import froc, scores_beside, write_froc
 from .lesions import LesionEvaluation, lesion_metrics
 from .quality import PanopticQuality, mean_over_images, panoptic_quality
 
-MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-SEG_SUFFIXES = ("_seg_labelmap.dcm", "_seg.dcm", ".dcm", ".seg")
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,9 @@ def _segs(folder: Path) -> dict[str, Path]:
 
     out = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.name.endswith(MAP_SUFFIXES) or not is_dicom_seg(p):
+        if p.name.startswith(".") or p.name.endswith(LABEL_MAP_SUFFIXES) or not is_dicom_seg(p):
             continue
-        name = next((p.name[: -len(s)] for s in SEG_SUFFIXES if p.name.endswith(s)), p.name)
+        name = next((p.name[: -len(s)] for s in SEG_NAME_SUFFIXES if p.name.endswith(s)), p.name)
         out[name] = p
     return out
 
@@ -80,7 +79,7 @@ def _segs(folder: Path) -> dict[str, Path]:
 def _maps(folder: Path) -> dict[str, Path]:
     out = {}
     for p in sorted(folder.iterdir()):
-        for suffix in MAP_SUFFIXES:
+        for suffix in LABEL_MAP_SUFFIXES:
             if p.name.endswith(suffix) and not p.name.startswith("."):
                 out[p.name[: -len(suffix)]] = p
                 break
