@@ -122,6 +122,15 @@ def qc_montage(image, pair, label_set: LabelSet, path: str | os.PathLike, title:
     return path
 
 
+def _save_png(fig, path: str | os.PathLike) -> Path:
+    """Lay out and write a figure as PNG, atomically."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_paths(path) as (tmp,):
+        fig.savefig(tmp, format="png")
+    return path
+
+
 def cohort_overview(cases: Sequence[str], counts: Sequence[int], volumes_ml: Sequence[float],
                     path: str | os.PathLike, thing_name: str = "things") -> Path:
     """Bar plots of the thing count and total thing volume (mL) per case."""
@@ -133,11 +142,7 @@ def cohort_overview(cases: Sequence[str], counts: Sequence[int], volumes_ml: Seq
         ax.set_xticks(x, cases, rotation=90, fontsize=7, parse_math=False)
         ax.set_ylabel(ylabel, parse_math=False)
     fig.suptitle(f"cohort overview: {len(cases)} case(s)")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_paths(path) as (tmp,):
-        fig.savefig(tmp, format="png")
-    return path
+    return _save_png(fig, path)
 
 
 def pq_per_case_plot(cases: Sequence[str], pq: Sequence[float], path: str | os.PathLike) -> Path:
@@ -150,8 +155,4 @@ def pq_per_case_plot(cases: Sequence[str], pq: Sequence[float], path: str | os.P
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("PQ")
     ax.set_title(f"panoptic quality per case: {len(cases)} case(s)")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_paths(path) as (tmp,):
-        fig.savefig(tmp, format="png")
-    return path
+    return _save_png(fig, path)
