@@ -20,8 +20,8 @@ MAX_ROWS = 5000
 """Rows shown per table (a cohort's instance table can be long; the CSVs hold all)."""
 
 _STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:12px}
-th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eef;cursor:pointer;user-select:none}
-td:first-child,th:first-child{text-align:left}img{max-width:48%;margin:4px;border:1px solid #ddd}h2{margin-top:1.2em}"""
+th,td{border:1px solid #ccc;padding:2px 6px;text-align:left}td.n{text-align:right}th{background:#eef;cursor:pointer;user-select:none}
+img{max-width:48%;margin:4px;border:1px solid #ddd}h2{margin-top:1.2em}"""
 
 _SORT = """document.querySelectorAll('table.sortable th').forEach(function(th){th.addEventListener('click',function(){
 var table=th.closest('table'),body=table.tBodies[0],col=th.cellIndex,asc=th.dataset.order!=='asc';
@@ -56,10 +56,25 @@ def _table(rows: list[Mapping]) -> str:
     if not rows:
         return "<p>(none)</p>"
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-                   for r in rows[:MAX_ROWS])
+    body = "".join("<tr>" + "".join(_td(r.get(c, "")) for c in columns) + "</tr>" for r in rows[:MAX_ROWS])
     more = f"<p>{len(rows) - MAX_ROWS} more row(s) in the CSV</p>" if len(rows) > MAX_ROWS else ""
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
+
+
+def _td(value) -> str:
+    """A table cell: numbers right-aligned (so their digits line up), text left."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) or _numeric_text(value)
+    return f'<td{" class=n" if number else ""}>{html.escape(_cell(value))}</td>'
+
+
+def _numeric_text(value) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _cell(value) -> str:
