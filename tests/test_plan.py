@@ -143,3 +143,62 @@ def test_load_plan_refuses_a_file_that_is_not_a_plan(tmp_path):
     path.write_text("{not json")
     with pytest.raises(InputError, match=r"plan\.json: cannot read the plan"):
         load_plan(path)
+
+
+# -- the dataset check -----------------------------------------------------------------------------
+def _broken_nnunet(tmp_path):
+    """A two-channel nnU-Net dataset with one problem of each kind in different files."""
+    import nibabel as nib
+
+    root = write_phantom_dataset(tmp_path / "bad", "nnunet_v2", 5, MR)
+    document = json.loads((root / "dataset.json").read_text())
+    document["labels"]["cyst"] = 4
+    document["things"] = ["lesion", "cyst"]  # cyst: a thing class with no voxel anywhere
+    (root / "dataset.json").write_text(json.dumps(document))
+    (root / "imagesTr" / "phantom_0000_0001.nii.gz").unlink()  # missing channel
+    label = nib.load(root / "labelsTr" / "phantom_0001.nii.gz")
+    shifted = label.affine.copy()
+    shifted[1, 3] += 6.0
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), shifted), root / "labelsTr" / "phantom_0001.nii.gz")
+    label = nib.load(root / "labelsTr" / "phantom_0002.nii.gz")
+    values = np.asarray(label.dataobj).copy()
+    values[0, 0, 0] = 9  # a class outside the labels
+    nib.save(nib.Nifti1Image(values, label.affine), root / "labelsTr" / "phantom_0002.nii.gz")
+    image = nib.load(root / "imagesTr" / "phantom_0003_0000.nii.gz")
+    volume = np.asarray(image.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([volume, volume], -1), image.affine), root / "imagesTr" / "phantom_0003_0000.nii.gz")
+    (root / "imagesTr" / "phantom_0004_0001.nii.gz").write_bytes(b"not a nifti file at all")
+    return root
+
+
+def test_a_bad_dataset_lists_all_its_problems_by_file(tmp_path):
+    from medpanoptic.planning.check import check_dataset
+
+    root = _broken_nnunet(tmp_path)
+    with pytest.raises(InputError) as caught:
+        check_dataset(load_dataset(root))
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{root}: 6 problems in the dataset:"
+    body = "\n".join(lines[1:])
+    assert "  imagesTr/phantom_0000_0001.nii.gz: missing (image)" in lines
+    assert "  labelsTr/phantom_0001.nii.gz: not on the grid of its image imagesTr/phantom_0001_0000.nii.gz" in body
+    assert "  labelsTr/phantom_0002.nii.gz: class id(s) [9] outside the labels [1, 2, 3, 4]" in lines
+    assert "  imagesTr/phantom_0003_0000.nii.gz: 4D where 3D is meant: a 4D image of shape (48, 48, 16, 2)" in body
+    assert "  imagesTr/phantom_0004_0001.nii.gz: unreadable: cannot read as NIfTI" in body
+    assert "  dataset: thing class 'cyst' (id 4) is empty: no voxel in any case" in lines
+
+
+def test_the_check_finds_channel_counts_that_differ_between_cases(tmp_path):
+    import nibabel as nib
+
+    from medpanoptic.io.nifti import write_nifti
+    from medpanoptic.planning.check import dataset_problems
+
+    root = write_phantom_dataset(tmp_path / "msd", "msd", 3, ANISOTROPIC)
+    path = root / "imagesTr" / "phantom_0001.nii.gz"
+    image = nib.load(path)
+    volume = np.asarray(image.get_fdata(), dtype=np.float32)
+    write_nifti(path, np.stack([volume, volume]), image.affine, vector=True)
+    problems = dataset_problems(load_dataset(root))
+    assert [(p.where, p.problem) for p in problems] == [
+        ("imagesTr/phantom_0001.nii.gz", "2 channel(s), where the dataset has 1 (CT)")]

@@ -82,6 +82,13 @@ def _nominal(affine: np.ndarray, ndim: int) -> np.ndarray:
     return out
 
 
+def grid_difference(shape: Sequence[int], other: Sequence[int]) -> str:
+    """How two grids that are not the same differ, in words."""
+    if tuple(shape) != tuple(other):
+        return f"shape {tuple(int(s) for s in shape)} vs {tuple(int(s) for s in other)}"
+    return "same shape, but shifted, rotated or of another spacing"
+
+
 def load_image(entry: Mapping, root: str | os.PathLike) -> MetaTensor:
     """The entry's image as one (C, *spatial) float32 MetaTensor; channel files off each other's grid are refused."""
     root = Path(root)
@@ -121,7 +128,7 @@ def load_pair(entry: Mapping, label_set: LabelSet, root: str | os.PathLike, imag
     image_affine = np.asarray(image.affine, dtype=float)
     if not same_grid(image.shape[1:], image_affine, array.shape[1:], affine):
         raise InputError(label_path, f"not on the grid of its image {image.meta['filename_or_obj']} "
-                                     f"(shape {tuple(array.shape[1:])} vs {tuple(image.shape[1:])}, or its position)")
+                                     f"({grid_difference(array.shape[1:], image.shape[1:])})")
     return make_meta_tensor(array.astype(np.int32), image_affine,
                             {"filename_or_obj": str(label_path), "case": entry.get("case", "")})
 
