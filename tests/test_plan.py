@@ -202,3 +202,148 @@ def test_the_check_finds_channel_counts_that_differ_between_cases(tmp_path):
     problems = dataset_problems(load_dataset(root))
     assert [(p.where, p.problem) for p in problems] == [
         ("imagesTr/phantom_0001.nii.gz", "2 channel(s), where the dataset has 1 (CT)")]
+
+
+# -- the plan follows the data ----------------------------------------------------------------------
+def test_an_anisotropic_dataset_gets_an_anisotropic_spacing_and_in_plane_only_first_downsamplings(msd_oblique):
+    from medpanoptic.planning.plan import make_plan
+
+    plan = make_plan(msd_oblique, use_data_analyzer=False)
+    d = {k: v["value"] for k, v in plan["decisions"].items()}
+    assert d["target_spacing_mm"] == pytest.approx([0.7, 0.7, 5.0], abs=1e-4)
+    assert "anisotropic" in plan["decisions"]["target_spacing_mm"]["reason"]
+    net = d["network"]
+    assert net["strides"][0] == [1, 1, 1]
+    assert net["strides"][1] == [2, 2, 1] and net["strides"][2] == [2, 2, 1]  # in-plane only until 2.8 mm vs 5 mm
+    assert net["kernel_size"][0] == [3, 3, 1] and net["kernel_size"][1] == [3, 3, 1]
+    assert net["kernel_size"][-1] == [3, 3, 3]
+    assert all(p % s == 0 for p, s in zip(d["patch_size"], np.prod(net["strides"], axis=0)))
+    assert plan["decisions"]["normalisation"]["value"][0]["scheme"] == "ct"
+    assert all(isinstance(v["reason"], str) and len(v["reason"]) > 20 for v in plan["decisions"].values())
+
+
+def test_the_anisotropy_rule_takes_the_10th_percentile_of_the_coarse_axis():
+    from medpanoptic.planning.plan import target_spacing
+
+    fingerprint = {"spacing_mm": {"median": [0.7, 0.7, 5.0], "p10": [0.6, 0.6, 3.0]}}
+    assert target_spacing(fingerprint)["value"] == [0.7, 0.7, 3.0]
+    fingerprint = {"spacing_mm": {"median": [1.0, 1.0, 2.5], "p10": [0.8, 0.8, 1.0]}}
+    assert target_spacing(fingerprint)["value"] == [1.0, 1.0, 2.5]  # not anisotropic enough: the median
+
+
+def test_smaller_things_give_smaller_sigma_nms_and_minimum_size(tmp_path):
+    from medpanoptic.planning.plan import make_plan
+
+    small = write_phantom_dataset(tmp_path / "small", "microscopy", 3, NUCLEI)
+    large = write_phantom_dataset(tmp_path / "large", "microscopy", 3,
+                                  Geometry(2, (96, 96), (0.0005, 0.0005), thing_scale=2.0, n_things=3))
+    a = {k: v["value"] for k, v in make_plan(small)["decisions"].items()}
+    b = {k: v["value"] for k, v in make_plan(large)["decisions"].items()}
+    assert a["sigma_mm"] < 0.75 * b["sigma_mm"]
+    assert a["nms_mm"] < 0.75 * b["nms_mm"]
+    assert a["min_size_mm"] < 0.75 * b["min_size_mm"]
+
+
+def test_a_smaller_memory_budget_gives_a_smaller_patch_or_batch(nnunet_mr):
+    from medpanoptic.planning.datasets import load_dataset
+    from medpanoptic.planning.fingerprint import dataset_fingerprint
+    from medpanoptic.planning.plan import make_plan
+
+    ds = load_dataset(nnunet_mr)
+    fingerprint = dataset_fingerprint(ds, use_data_analyzer=False)
+    plans = [make_plan(ds, gpu_memory_gb=gb, fingerprint=fingerprint)["decisions"] for gb in (24.0, 0.6)]
+    big, small = ({k: v["value"] for k, v in p.items()} for p in plans)
+    assert big["patch_size"] == [48, 48, 16]  # the whole median image fits 24 GB
+    assert np.prod(small["patch_size"]) * small["batch_size"] < np.prod(big["patch_size"]) * big["batch_size"]
+    assert np.prod(small["patch_size"]) < np.prod(big["patch_size"])
+    assert small["estimated_memory_gb"] <= 0.6 < big["estimated_memory_gb"] + 1.0
+
+
+def test_the_fingerprint_uses_data_analyzer_for_volumes_and_counts_touching_instances(nnunet_mr):
+    from medpanoptic.planning.datasets import load_dataset
+    from medpanoptic.planning.fingerprint import dataset_fingerprint, touching_instances
+
+    fingerprint = dataset_fingerprint(load_dataset(nnunet_mr))
+    assert fingerprint["intensity_source"].startswith("monai.apps.auto3dseg.DataAnalyzer")
+    t2, adc = fingerprint["intensity"]
+    assert (t2["channel"], adc["channel"]) == ("T2", "ADC") and adc["median"] > t2["median"]
+    lesion = fingerprint["things"]["lesion"]
+    assert lesion["n_instances"] >= 4 and lesion["instances_per_case"]["median"] >= 1
+    assert 0.5 * 2 * 2.0 < lesion["diameter_mm"]["median"] < 2 * 2 * 4.5  # radii 2-4.5 mm (thing_scale 0.5)
+    assert lesion["diameter_px"]["median"] == pytest.approx(lesion["diameter_mm"]["median"] / (0.6 * 0.6 * 4.0) ** (1 / 3), rel=0.01)
+    instance = np.zeros((6, 6), int)
+    instance[1:3, 1:3], instance[3:5, 1:3], instance[1:3, 4:6] = 1, 2, 3
+    assert touching_instances(instance) == {1, 2}
+
+
+def test_the_memory_model_is_within_1_5x_of_a_measured_forward_and_backward():
+    """Measured: the bytes autograd saves for backward over the network and the real PanopticLoss,
+    plus parameters with AdamW's state, on topologies the model was not calibrated on."""
+    import torch
+
+    from medpanoptic.losses import PanopticLoss
+    from medpanoptic.nets import PanopticNet
+    from medpanoptic.planning.memory import GB, OPTIMISER_BYTES_PER_PARAMETER, estimate_memory_gb, saved_tensor_bytes
+    from medpanoptic.planning.topology import plan_topology
+
+    torch.manual_seed(0)
+    for spacing, patch, channels, base in (((0.7, 0.7, 5.0), (48, 48, 8), 2, 8), ((1.0, 1.0), (96, 64), 3, 12)):
+        dims, n_classes, batch = len(patch), 3, 2
+        network = plan_topology(spacing, patch, base_filters=base)
+        net = PanopticNet(dims, channels, n_classes, filters=network["filters"], strides=network["strides"],
+                          kernel_size=network["kernel_size"])
+        loss = PanopticLoss(net.layout)
+        x = torch.randn(batch, channels, *patch)
+        target = torch.zeros(batch, 3 + dims, *patch)
+        target[:, 0] = torch.randint(0, n_classes, (batch, *patch)).float()
+
+        def step(inputs):
+            return loss(net(inputs), target)
+
+        measured = saved_tensor_bytes(step, x) + OPTIMISER_BYTES_PER_PARAMETER * sum(p.numel() for p in net.parameters())
+        predicted = estimate_memory_gb(patch, batch, network, dims, channels, n_classes, overhead_gb=0.0) * GB
+        assert 1 / 1.5 < predicted / measured < 1.5, (spacing, patch, predicted / measured)
+
+
+# -- the command ---------------------------------------------------------------------------------------
+def test_plan_command_writes_a_loadable_plan_and_prints_its_decisions(msd_oblique, tmp_path, capsys):
+    from medpanoptic.cli import main
+
+    out = tmp_path / "plans" / "plan.json"
+    assert main(["plan", str(msd_oblique), "--out", str(out), "--gpu-memory-gb", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "spacing:     0.7x0.7x5 mm" in printed and f"wrote the plan to {out}" in printed
+    plan = load_plan(out)
+    assert plan["format"] == "medpanoptic-plan/1" and plan["dataset"]["root"] == str(msd_oblique)
+    assert plan["dataset"]["layout"] == "msd" and len(plan["cases"]) == 4
+    assert [p.name for p in out.parent.iterdir()] == ["plan.json"]  # nothing half-written beside it
+
+
+def test_plan_command_on_a_bad_dataset_lists_every_problem_and_fails(tmp_path, capsys):
+    from medpanoptic.cli import main
+
+    root = _broken_nnunet(tmp_path)
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"medpanoptic: error: {root}: 6 problems in the dataset:"
+    assert len(err) == 7 and err[1].startswith("  imagesTr/phantom_0000_0001.nii.gz: missing")
+    assert not out.exists()
+
+
+def test_panoptic_net_runs_a_planned_anisotropic_topology_and_keeps_its_default():
+    import torch
+
+    from medpanoptic.nets import PanopticNet
+    from medpanoptic.planning.topology import plan_topology
+
+    network = plan_topology((0.7, 0.7, 5.0), (32, 32, 8), base_filters=8)
+    net = PanopticNet(3, 2, 4, filters=network["filters"], strides=network["strides"], kernel_size=network["kernel_size"])
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs[0].kernel_size == (3, 3, 1)
+    with torch.no_grad():
+        assert net(torch.randn(1, 2, 32, 32, 8)).shape == (1, 4 + 1 + 3, 32, 32, 8)
+    default = PanopticNet(3, 1, 4)
+    assert all(m.kernel_size == (3, 3, 3) for m in default.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size != (1, 1, 1))
+    with pytest.raises(ValueError, match=r"filters \(4\), strides \(4\) and kernel_size \(3\) need one entry per level"):
+        PanopticNet(3, 1, 4, kernel_size=[3, 3, 3])

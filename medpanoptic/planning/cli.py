@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,11 +62,20 @@ def configure_plan(p: argparse.ArgumentParser) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    """Check (every problem, one line each, exit 2), fingerprint, plan, write, summarise."""
+    from .check import dataset_problems, format_problems
+    from .datasets import load_dataset
+    from .fingerprint import dataset_fingerprint
     from .plan import make_plan, save_plan, summary_lines
 
     if not args.gpu_memory_gb > 0:
         raise MedPanopticError(f"--gpu-memory-gb must be positive, got {args.gpu_memory_gb}")
-    plan = make_plan(args.dataset, gpu_memory_gb=args.gpu_memory_gb, things=args.things)
+    dataset = load_dataset(args.dataset, things=args.things)
+    problems = dataset_problems(dataset)
+    if problems:  # the one place an error takes several lines: one per problem, by file
+        print(f"medpanoptic: error: {dataset.root}: {format_problems(problems)}", file=sys.stderr)
+        return 2
+    plan = make_plan(dataset, gpu_memory_gb=args.gpu_memory_gb, fingerprint=dataset_fingerprint(dataset))
     path = save_plan(plan, Path(args.out))
     for line in summary_lines(plan):
         print(line)
