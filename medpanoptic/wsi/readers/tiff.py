@@ -51,7 +51,9 @@ class TiffSlide(LazySlide):
         except Exception as e:
             self._tif.close()
             raise InputError(self.path, f"cannot open the TIFF's levels: {type(e).__name__}: {e}") from None
-        spatial = [i for i, a in enumerate(self._axes) if a in _SPATIAL]
+        # a single focal plane (SVS gives axes ZYXS with Z of length 1) is a 2D slide
+        self._dropped = {i for i, a in enumerate(self._axes) if a == "Z" and self._arrays[0].shape[i] == 1}
+        spatial = [i for i, a in enumerate(self._axes) if a in _SPATIAL and i not in self._dropped]
         channel = [i for i, a in enumerate(self._axes) if a not in _SPATIAL]
         self._order = spatial + channel
         shapes = [tuple(arr.shape[i] for i in spatial) for arr in self._arrays]
@@ -67,10 +69,11 @@ class TiffSlide(LazySlide):
 
     def _read(self, box: Box, level: int) -> np.ndarray:
         index, it = [], iter(box)
-        for a in self._axes:
-            index.append(next(it) if a in _SPATIAL else slice(None))
+        for i, a in enumerate(self._axes):
+            index.append(0 if i in self._dropped else next(it) if a in _SPATIAL else slice(None))
         pixels = np.asarray(self._arrays[level][tuple(index)])
-        pixels = np.transpose(pixels, self._order)
+        kept = [i for i in range(len(self._axes)) if i not in self._dropped]
+        pixels = np.transpose(pixels, [kept.index(i) for i in self._order])
         return pixels if len(self._order) > len(box) else pixels[..., None]
 
     def close(self) -> None:
