@@ -99,7 +99,7 @@ class _TissueField:
         for step, sigma in ((coarse, 2.5), (fine, 1.0)):
             grid_shape = tuple(max(2, -(-n // step) + 1) for n in self.shape)
             field = ndimage.gaussian_filter(rng.standard_normal(grid_shape), sigma, mode="wrap")
-            self.grids.append((field / (field.std() + 1e-12)).astype(np.float32))
+            self.grids.append(((field - field.mean()) / (field.std() + 1e-12)).astype(np.float32))
 
     def value(self, coords: Sequence[np.ndarray]) -> np.ndarray:
         """The field at pixel coordinates (broadcasting arrays, one per axis); tissue where > 0."""
@@ -164,6 +164,9 @@ def place_nuclei(
     shape, spacing = np.asarray(shape), np.asarray(spacing_mm, dtype=float)
     cell, tile = np.asarray(cell), np.asarray(tile)
     ndim = len(shape)
+    needed = 2 * (np.ceil(radius_mm[1] * (1 + ELONGATION) / spacing) + 1) + 4
+    if np.any(cell < needed):
+        raise ValueError(f"cells of {tuple(cell)} px cannot hold nuclei of up to {tuple(needed)} px: use larger tiles or chunks")
     per_tile = tile // cell
     counts = (shape - cell // 2) // cell  # cell k spans [k*cell - cell/2, k*cell + cell/2)
     grid = np.stack(np.meshgrid(*[np.arange(1, int(c) + 1) for c in counts], indexing="ij"), -1).reshape(-1, ndim)
@@ -186,6 +189,9 @@ def place_nuclei(
             offsets = [-half, half]
         reach = [np.ceil(r.max() / spacing) + 1 for r, _ in blobs]
         extent = np.max([np.abs(o) + rc for o, rc in zip(offsets, reach)], axis=0)
+        if pair and np.any(extent > cell / 2 - 2):  # the pair does not fit its cell: keep one
+            blobs, offsets, reach = blobs[:1], [np.zeros(ndim)], reach[:1]
+            extent = reach[0]
         room = np.maximum(cell / 2 - 2 - extent, 0)
         jitter = np.zeros(ndim) if exact else rng.uniform(-room, room)
         for (r, rot), off in zip(blobs, offsets):
@@ -428,23 +434,30 @@ def _write_nuclei_csv(nuclei: Nuclei, path: Path) -> None:
 
 
 # -- 3D --------------------------------------------------------------------------------------
+def _cell_for(chunk: int, spacing_mm: float) -> int:
+    """The largest chunk / 2**k (k >= 1) that holds one nucleus, else the chunk itself."""
+    needed = 2 * (np.ceil(NUCLEUS_RADIUS_MM[1] * (1 + ELONGATION) / spacing_mm) + 1) + 4
+    k = 2
+    while chunk % (2 * k) == 0 and chunk // (2 * k) >= needed:
+        k *= 2
+    return chunk // k if chunk % k == 0 and chunk // k >= needed else chunk
+
+
 def write_volume_phantom(
-    path: str | os.PathLike, shape: Sequence[int] = (128, 512, 512), chunks: Sequence[int] = (64, 256, 256),
-    spacing_mm: Sequence[float] = (0.001, 0.0005, 0.0005), seed: int = 0, touching_fraction: float = 0.3,
+    path: str | os.PathLike, shape: Sequence[int] = (128, 256, 256), chunks: Sequence[int] = (64, 128, 128),
+    spacing_mm: Sequence[float] = (0.001, 0.001, 0.001), seed: int = 0, touching_fraction: float = 0.3,
 ) -> Nuclei:
     """A chunked OME-Zarr volume (a nuclear stain, uint8, z/y/x) with its truth under `labels/`.
 
     `path` is an NGFF 0.4 image; `labels/label` and `labels/instance` are its label images
-    (NGFF labels). Nuclei are centred exactly on chunk corners, edges and faces as well as
-    inside chunks; everything is written chunk by chunk.
+    (NGFF labels). Nuclei (3-6 µm radius) are centred exactly on chunk corners, edges and
+    faces as well as inside chunks; everything is written chunk by chunk.
     """
     import zarr
 
     path = Path(path)
     shape, chunks = tuple(int(n) for n in shape), tuple(int(c) for c in chunks)
-    cell = tuple(max(8, c // 4) for c in chunks)
-    if any(c % k for c, k in zip(chunks, cell)):
-        raise ValueError(f"chunks {chunks} must be multiples of 4")
+    cell = tuple(_cell_for(c, s) for c, s in zip(chunks, spacing_mm))
     scene = _Scene(shape, spacing_mm, seed, chunks, cell, touching_fraction)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     path.parent.mkdir(parents=True, exist_ok=True)
