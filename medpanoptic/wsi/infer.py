@@ -310,6 +310,7 @@ def segment_slide(
     resume: bool = True,
     progress: bool = False,
     gzip_geojson: bool = False,
+    chunk: int | None = None,
     predictor: Predictor | None = None,
     grouping: Grouping | None = None,
 ) -> SlideRun:
@@ -320,24 +321,27 @@ def segment_slide(
     `max_instance_mm`, see `halo_for`). `tissue`: True detects tissue (`wsi.tissue.tissue_mask`,
     when available) and skips background tiles; a `(mask, downsample)` pair is used as given.
     `predictor` and `grouping` replace the bundle's (tests feed ideal heads this way)."""
+    windows: tuple = (None, None)
     if predictor is None or grouping is None:
         from ..segment import Segmenter
 
         segmenter = bundle if isinstance(bundle, Segmenter) else Segmenter(bundle, device)
         predictor = predictor or BundlePredictor(segmenter)
         grouping = grouping or bundle_grouping(segmenter)
+        windows = inferer_windows(segmenter.inferer)
     ndim = len(slide.shape)
     if len(grouping.pixel_size_mm) != ndim:
         raise InputError(slide.path, f"a {ndim}D slide; the bundle segments {len(grouping.pixel_size_mm)}D images")
-    core = core or (512 if ndim == 2 else 128)
+    core = core or _default_core(ndim, windows[1])
     halo = halo if halo is not None else halo_for(grouping, max_instance_mm)
     mask = _tissue(slide) if tissue is True else (tissue or None)
-    grid = tile_grid(slide, grouping.pixel_size_mm, core, halo, roi, mask)
+    grid = tile_grid(slide, grouping.pixel_size_mm, core, halo, roi, mask, *windows)
     dtype = id_dtype(grid.n_cores, grouping.stride)
     name = stem or (Path(slide.path).name.split(".")[0] if slide.path else "slide")
     fingerprint = run_fingerprint(slide.path, slide.shape, grid.region, grid.tile_shape, grid.halo, core,
                                   sorted(formats), grouping.config, grouping.pixel_size_mm)
-    writer = SlideWriter(out_dir, name, formats, grid, grouping.label_set, dtype, fingerprint, gzip_geojson)
+    writer = SlideWriter(out_dir, name, formats, grid, grouping.label_set, dtype, fingerprint, gzip_geojson,
+                         chunk=chunk)
     check_disk(out_dir, estimate_bytes(grid, formats, dtype))
     done = writer.open(resume)
     try:
@@ -347,6 +351,23 @@ def segment_slide(
     n = writer.counts.get("table") or writer.counts.get("geojson") or writer.counts.get("centroids") or 0
     written = writer.finish()
     return SlideRun(written, grid, len(done), timings, n)
+
+
+def inferer_windows(inferer) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """The window and step of a MONAI `SlidingWindowInferer` (None, None for another inferer): the tile
+    grid aligns its tiles on them so that tiled and untiled inference run the very same windows."""
+    roi = getattr(inferer, "roi_size", None)
+    overlap = getattr(inferer, "overlap", None)
+    if roi is None or overlap is None:
+        return None, None
+    roi = tuple(int(r) for r in roi)
+    overlaps = overlap if isinstance(overlap, Sequence) else (overlap,) * len(roi)
+    return roi, tuple(max(1, int(r * (1 - o))) for r, o in zip(roi, overlaps))
+
+
+def _default_core(ndim: int, step: tuple[int, ...] | None) -> int | tuple[int, ...]:
+    base = 512 if ndim == 2 else 128
+    return base if step is None else tuple(max(s, base // s * s) for s in step)
 
 
 def _tissue(slide: Slide) -> tuple[np.ndarray, float] | None:

@@ -105,10 +105,17 @@ def tile_grid(
     halo: int | Sequence[int] = 64,
     roi: Sequence[int] | None = None,
     tissue: tuple[np.ndarray, float] | None = None,
+    window: int | Sequence[int] | None = None,
+    interval: int | Sequence[int] | None = None,
 ) -> TileGrid:
     """The tiles over `slide` (or its `roi`, level-0 pixels) at `pixel_size_mm`, `core` and `halo`
     in working pixels per axis; `tissue` is `(mask, downsample)` of `tissue_mask`: tiles whose read
-    box holds no tissue pixel are left out (their region stays background)."""
+    box holds no tissue pixel are left out (their region stays background).
+
+    `window`/`interval`: the sliding-window inferer's window and step. Given, the read boxes start on
+    multiples of the step and span a whole number of steps past one window (tiles at the far edge
+    end at the slide's edge, as the untiled inferer's last window does), so a tile's windows are
+    windows the untiled inference would run too: the network sees the same pixels either way."""
     ndim = len(slide.shape)
     if len(pixel_size_mm) != ndim:
         raise InputError(slide.path, f"a {ndim}D slide needs {ndim} pixel sizes, got {tuple(pixel_size_mm)}")
@@ -123,13 +130,21 @@ def tile_grid(
                                                                       min(int(math.floor(b.start / s)), n - 1) + 1))
                    for b, s, n in zip(box0, scale, extent))
     tile_shape = tuple(min(c + 2 * h, n) for c, h, n in zip(core_size, halo_size, extent))
+    if window is not None and interval is not None:
+        win, step = _per_axis(window, ndim), _per_axis(interval, ndim)
+        tile_shape = tuple(min(w + s * max(0, math.ceil((t + s - w) / s)), n)
+                           for w, s, t, n in zip(win, step, tile_shape, extent))
+        spans = lambda cb, h, t, n, s: _aligned_span(cb, h, t, n, s)  # noqa: E731
+    else:
+        step = (1,) * ndim
+        spans = lambda cb, h, t, n, s: _read_span(cb, h, t, n)  # noqa: E731
     starts = [range(r.start, r.stop, c) for r, c in zip(region, core_size)]
     tiles = []
     n_cores = 0
     for corner in np.ndindex(*[len(s) for s in starts]):
         n_cores += 1
         core_box = tuple(slice(s[i], min(s[i] + c, r.stop)) for s, i, c, r in zip(starts, corner, core_size, region))
-        box = tuple(_read_span(cb, h, t, n) for cb, h, t, n in zip(core_box, halo_size, tile_shape, extent))
+        box = tuple(spans(cb, h, t, n, s) for cb, h, t, n, s in zip(core_box, halo_size, tile_shape, extent, step))
         if tissue is not None and not _has_tissue(tissue, box, scale):
             continue
         tiles.append(Tile(len(tiles), core_box, box))
@@ -146,6 +161,13 @@ def _read_span(core: slice, halo: int, size: int, extent: int) -> slice:
     start = min(max(core.start - halo, 0), extent - size)
     start = min(start, core.start)  # a core larger than the tile (last, clipped) never happens: size >= core
     return slice(start, start + size)
+
+
+def _aligned_span(core: slice, halo: int, size: int, extent: int, step: int) -> slice:
+    """A read span starting on a multiple of `step` at least `halo` before `core`, `size` long (shorter
+    at the far edge, where it ends with the slide), holding the core and its halo."""
+    start = max(0, (core.start - halo) // step * step)  # size >= core + 2 halo + step: the core and halo fit
+    return slice(start, min(start + size, extent))
 
 
 def _has_tissue(tissue: tuple[np.ndarray, float], box: tuple[slice, ...], scale: Sequence[float]) -> bool:

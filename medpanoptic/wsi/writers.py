@@ -67,7 +67,7 @@ class SlideWriter:
 
     def __init__(self, out_dir: str | os.PathLike, stem: str, formats: Sequence[str], grid: TileGrid,
                  label_set: LabelSet, id_dtype: np.dtype, fingerprint: str, gzip_geojson: bool = False,
-                 simplify_px: float = 0.0) -> None:
+                 simplify_px: float = 0.0, chunk: int | None = None) -> None:
         unknown = [f for f in formats if f not in SLIDE_FORMATS]
         if unknown:
             raise InputError(None, f"unknown slide format(s) {', '.join(unknown)}; choose from {', '.join(SLIDE_FORMATS)}")
@@ -80,6 +80,7 @@ class SlideWriter:
         self.fingerprint = fingerprint
         self.gzip_geojson = gzip_geojson
         self.simplify_px = simplify_px
+        self.chunk = chunk or (ZARR_CHUNK if len(grid.extent) == 2 else 128)
         self.ndim = len(grid.extent)
         if self.ndim != 2 and any(f in self.formats for f in ("geojson", "centroids")):
             raise InputError(None, "GeoJSON holds 2D contours: a 3D volume is written as zarr, table or parquet")
@@ -166,7 +167,7 @@ class SlideWriter:
 
         path = self._part("zarr")
         shape = self.grid.region_shape
-        chunks = tuple(min(ZARR_CHUNK if self.ndim == 2 else 128, n) for n in shape)
+        chunks = tuple(min(self.chunk, n) for n in shape)
         label_dtype = np.uint8 if self.label_set.max_id < 256 else np.uint16
         if fresh:
             root = zarr.open_group(str(path), mode="w", zarr_format=2)
