@@ -409,3 +409,35 @@ def check_disk(out_dir: str | os.PathLike, needed: int) -> None:
     free = shutil.disk_usage(probe).free
     if needed > free:
         raise InputError(out_dir, f"the outputs need about {needed / 1e9:.1f} GB, the disk has {free / 1e9:.1f} GB free")
+
+
+def write_result(result, stem: str | os.PathLike, fmt: str) -> dict[str, Path]:
+    """Write an in-memory `PanopticResult` in a slide format (the registry's `zarr`, `geojson`,
+    `centroids`, `parquet`): the whole pair as one tile that owns every instance."""
+    from ..io.geometry import spacing_from_affine
+    from .stitch import OwnedTile
+    from .tiles import Tile, TileGrid
+
+    pair = np.asarray(result.pair.detach().cpu())
+    shape = tuple(pair.shape[1:])
+    ndim = len(shape)
+    spacing = tuple(float(s) for s in spacing_from_affine(np.asarray(result.pair.affine, dtype=float), ndim))
+    full = tuple(slice(0, n) for n in shape)
+    tile = Tile(0, full, full)
+    grid = TileGrid((tile,), full, shape, 0, (1.0,) * ndim, spacing, shape, (0,) * ndim, 1)
+    ids = np.unique(pair[1][pair[1] > 0]).tolist()
+    owned = {}
+    for gid in ids:
+        voxels = np.argwhere(pair[1] == gid)
+        owned[int(gid)] = (int(np.bincount(pair[0][tuple(voxels.T)]).argmax()), tuple(voxels.mean(0).tolist()))
+    dtype = np.dtype(np.int32) if not ids or max(ids) < np.iinfo(np.int32).max else np.dtype(np.int64)
+    part = OwnedTile(tile, pair.astype(dtype), owned, dict(result.scores or {}))
+    stem = Path(stem)
+    writer = SlideWriter(stem.parent, stem.name, [fmt], grid, result.label_set, dtype,
+                         run_fingerprint(result.case, fmt, shape))
+    writer.open(resume=False)
+    try:
+        writer.write_tile(part)
+    finally:
+        writer.close()
+    return {fmt: path for fmt, path in writer.finish().items()}
