@@ -104,7 +104,10 @@ def run_info(args: argparse.Namespace) -> int:
 
 # -- phantom ------------------------------------------------------------------------------
 def _configure_phantom(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", help="folder to create (Medical Segmentation Decathlon layout)")
+    p.add_argument("out", nargs="?", help="folder to create (Medical Segmentation Decathlon layout)")
+    p.add_argument("--out", dest="out_option", metavar="DIR", help="the same folder, as an option")
+    p.add_argument("--wsi", action="store_true", help="a pyramidal whole-slide TIFF at 0.5 µm/px with its truth as OME-Zarr")
+    p.add_argument("--size", type=int, default=16384, help="--wsi: slide width and height in pixels (default 16384)")
     p.add_argument("--n", type=int, default=4, help="number of cases (default 4)")
     p.add_argument("--dims", type=int, choices=(2, 3), default=3, help="3: CT lesions, 2: microscopy nuclei")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
@@ -128,6 +131,11 @@ def run_phantom(args: argparse.Namespace) -> int:
     from .io.dicom_write import write_dicom_series
     from .synthetic import make_phantom, oblique_direction
 
+    args.out = args.out or args.out_option
+    if not args.out:
+        raise MedPanopticError("give the output folder (OUT or --out DIR)")
+    if args.wsi:
+        return _run_wsi_phantom(args)
     if args.n < 1:
         raise MedPanopticError(f"--n must be at least 1, got {args.n}")
     if args.dicom and args.dims != 3:
@@ -171,6 +179,17 @@ def run_phantom(args: argparse.Namespace) -> int:
     path = write_dataset_json(out, f"medpanoptic phantoms {args.dims}D", label_set, modality, args.dims, training)
     print(f"wrote {args.n} case(s) to {out} ({path.name}, imagesTr/, labelsTr/, instancesTr/"
           f"{', dicom/' if args.dicom else ''})")
+    return 0
+
+
+def _run_wsi_phantom(args: argparse.Namespace) -> int:
+    from .wsi.phantom import write_wsi_phantom
+
+    if args.size < 64:
+        raise MedPanopticError(f"--size must be at least 64 pixels, got {args.size}")
+    ph = write_wsi_phantom(args.out, args.size, seed=args.seed)
+    print(f"wrote a {ph.shape[0]} x {ph.shape[1]} slide at {ph.pixel_size_mm * 1000:g} µm/px to {ph.image} with "
+          f"{ph.n_nuclei} nuclei ({ph.n_on_border} centred on tile borders); truth: {ph.truth}, {ph.nuclei}")
     return 0
 
 
