@@ -147,7 +147,7 @@ def test_tissue_mask_skips_background_tiles(tmp_path):
     truth = balls((256, 256), [(60, 60)], 0.005, PIXEL_2D)
     mask = np.zeros((16, 16), bool)
     mask[:6, :6] = True  # tissue only in the top-left core (mask at 16x downsample)
-    grid = tile_grid(truth_slide(truth, PIXEL_2D), PIXEL_2D, 128, 16, tissue=(mask, 16.0))
+    grid = tile_grid(truth_slide(truth, PIXEL_2D), PIXEL_2D, 128, 16, tissue=(mask, (16.0, 16.0)))
     assert [t.core for t in grid.tiles] == [(slice(0, 128), slice(0, 128))]
     assert grid.n_cores == 4
 

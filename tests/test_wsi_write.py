@@ -178,3 +178,54 @@ def test_peak_memory_stays_flat_from_a_small_to_a_9x_larger_slide(tmp_path):
                               text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
         peaks.append(int(done.stdout.split()[-1]))
     assert peaks[1] <= 1.15 * peaks[0], peaks
+
+
+# -- the command ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def phantom_slide(tmp_path_factory):
+    from medpanoptic.wsi.phantom import write_wsi_phantom
+
+    return write_wsi_phantom(tmp_path_factory.mktemp("phantom"), 1536, seed=2, compression="deflate")
+
+
+def _cli(*argv):
+    from medpanoptic.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_segment_takes_the_tiled_path_for_a_pyramidal_slide(phantom_slide, tmp_path, capsys):
+    import csv as csv_module
+
+    from shapely.geometry import Point, shape
+
+    out = tmp_path / "out"
+    code = _cli("segment", phantom_slide.image, "--bundle", "nuclei_panoptic_2d", "--out", out, "--device", "cpu",
+                "--to", "geojson,zarr,table", "--roi", "400,500,300,300")
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["phantom.geojson", "phantom.ome.zarr", "phantom_instances.csv"]
+    assert "tiles" in capsys.readouterr().err  # the progress bar
+    polygons = [shape(f["geometry"]) for f in json.loads((out / "phantom.geojson").read_text(encoding="utf-8"))["features"]]
+    with open(phantom_slide.nuclei, newline="") as f:
+        truth = [(float(r["center_col"]), float(r["center_row"])) for r in csv_module.DictReader(f)]
+    inner = [Point(x, y) for x, y in truth if 420 <= x < 680 and 520 <= y < 780]
+    assert inner and all(380 <= p.centroid.x < 720 and 480 <= p.centroid.y < 820 for p in polygons)  # owned: centre in the ROI
+    found = sum(any(poly.contains(p) for poly in polygons) for p in inner)
+    assert found >= 0.8 * len(inner)
+
+
+def test_segment_refuses_bad_slides_in_one_line_and_leaves_nothing(phantom_slide, tmp_path, capsys):
+    truncated = tmp_path / "cut.ome.tif"
+    data = phantom_slide.image.read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    cases = [
+        ((truncated,), "cut.ome.tif"),
+        ((phantom_slide.image, "--roi", "1500,0,100,100"), "--roi 1500,0,100,100 lies outside the slide (1536 x 1536 pixels"),
+        ((phantom_slide.image, "--to", "nifti"), "a whole slide is written as zarr, geojson, centroids, table, parquet, not nifti"),
+    ]
+    for argv, message in cases:
+        out = tmp_path / "out"
+        code = _cli("segment", *argv, "--bundle", "nuclei_panoptic_2d", "--out", out, "--device", "cpu")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("medpanoptic: error: ") and message in err[0], err
+        assert not out.exists() or not any(p for p in out.iterdir() if not p.name.startswith(".")), list(out.iterdir())

@@ -104,7 +104,7 @@ def tile_grid(
     core: int | Sequence[int] = 512,
     halo: int | Sequence[int] = 64,
     roi: Sequence[int] | None = None,
-    tissue: tuple[np.ndarray, float] | None = None,
+    tissue: tuple[np.ndarray, float | Sequence[float]] | None = None,
     window: int | Sequence[int] | None = None,
     interval: int | Sequence[int] | None = None,
 ) -> TileGrid:
@@ -170,12 +170,14 @@ def _aligned_span(core: slice, halo: int, size: int, extent: int, step: int) -> 
     return slice(start, min(start + size, extent))
 
 
-def _has_tissue(tissue: tuple[np.ndarray, float], box: tuple[slice, ...], scale: Sequence[float]) -> bool:
+def _has_tissue(tissue: tuple[np.ndarray, float | Sequence[float]], box: tuple[slice, ...], scale: Sequence[float]) -> bool:
+    """Whether the tile's read box, in level-0 pixels, covers tissue in the `tissue_mask` view."""
+    from .tissue import tile_has_tissue
+
     mask, downsample = tissue
-    mask = np.asarray(mask)
-    cells = tuple(slice(int(b.start * s // downsample), max(int(math.ceil(b.stop * s / downsample)), int(b.start * s // downsample) + 1))
-                  for b, s in zip(box, scale))
-    return bool(np.any(mask[cells]))
+    downsample = tuple(downsample) if isinstance(downsample, Sequence) else (float(downsample),) * len(box)
+    box0 = tuple(slice(int(math.floor(b.start * s)), int(math.ceil(b.stop * s))) for b, s in zip(box, scale))
+    return tile_has_tissue(np.asarray(mask), downsample, box0)
 
 
 def read_tile(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
