@@ -334,7 +334,9 @@ def run_segment_slides(args: argparse.Namespace, slides) -> int:
     formats = [f.strip() for f in (args.to or SLIDE_DEFAULT_FORMATS).split(",") if f.strip()]
     other = [f for f in formats if f not in SLIDE_FORMATS]
     if other:
-        raise MedPanopticError(f"a whole slide is written as {', '.join(SLIDE_FORMATS)}, not {', '.join(other)}")
+        why = (": highdicom's Segmentation (tile_pixel_array=True) takes the whole total pixel matrix as one "
+               "in-memory array, which the tiled path never holds" if any(f.startswith("dicom-seg") for f in other) else "")
+        raise MedPanopticError(f"a whole slide is written as {', '.join(SLIDE_FORMATS)}, not {', '.join(other)}{why}")
     segmenter = Segmenter(args.bundle, args.device)
     names = unique_components([s.path.name.split(".")[0] if s.path else "slide" for s in slides], "slide")
     for slide, name in zip(slides, names):
