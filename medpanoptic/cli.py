@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -261,9 +262,18 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
                    help="name of a shipped bundle (default ct_lesion_panoptic) or a bundle folder given as a path "
                         "(./mine); a bundle is code, like any MONAI bundle: run only bundles you trust")
     p.add_argument("--out", required=True, help="output folder: one sub-folder per case, cohort CSVs and overview beside them")
-    p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(FORMAT_NAMES)} (default nifti,table,png)")
+    p.add_argument("--to", help=f"comma-separated formats: {', '.join(FORMAT_NAMES)} (default nifti,table,png; "
+                                f"whole slides: {SLIDE_DEFAULT_FORMATS})")
     p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="segment every case again, even those already done")
+    wsi = p.add_argument_group("whole slides", "pyramidal or large images (SVS, NDPI, MRXS, OME-TIFF, DICOM WSI, "
+                                               "OME-Zarr) take the tiled path by themselves")
+    wsi.add_argument("--roi", type=_ints, help="only this region, x,y,w,h in level-0 pixels (3D: x,y,z,w,h,d)")
+    wsi.add_argument("--pixel-size", type=_floats, help="pixel size in µm (one value, or one per axis) for slides "
+                                                        "that record none; overrides the file's")
+    wsi.add_argument("--scheduler", help="map the tiles on this dask.distributed scheduler (tcp://HOST:PORT)")
+    wsi.add_argument("--tile", type=int, help="tile core in pixels at the bundle's pixel size (default ~512 in 2D)")
+    wsi.add_argument("--gzip", action="store_true", help="write the GeoJSON gzipped (.geojson.gz)")
     pacs = p.add_argument_group("PACS", "inputs dicomweb(s)://HOST:PORT/PATH or dimse(s)://AET@HOST:PORT; credentials "
                                         "from MEDPANOPTIC_PACS_* variables or MEDPANOPTIC_PACS_CONFIG, never here")
     pacs.add_argument("--study", help="Study Instance UID to take from a DICOM node")
@@ -274,8 +284,76 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
     pacs.add_argument("--store", help="send each case's DICOM SEG to this node (dicomweb://... or dimse://...), once")
 
 
-def _formats(text: str) -> list[str]:
+SLIDE_DEFAULT_FORMATS = "geojson,zarr,table"
+TILED_PIXELS = 8192 * 8192
+"""Images with more pixels than this (or with a pyramid) take the tiled path."""
+
+
+def _slide_inputs(args: argparse.Namespace):
+    """The slides among the inputs, opened lazily: pyramidal or larger than `TILED_PIXELS` (others take the
+    in-memory path), or every input when a whole-slide option was given."""
+    from .errors import InputError
+    from .wsi.readers import OPENSLIDE_SUFFIXES, open_slide
+
+    wsi_options = any(getattr(args, k) for k in ("roi", "pixel_size", "scheduler", "tile"))
+    slides = []
+    for text in args.inputs:
+        path = Path(text)
+        lower = path.name.lower()
+        candidate = lower.endswith(OPENSLIDE_SUFFIXES + (".tif", ".tiff", ".zarr", ".btf")) or wsi_options
+        if not candidate or "://" in text or not path.exists():
+            continue
+        pixel = tuple(v / 1000.0 for v in args.pixel_size) if args.pixel_size else None
+        try:
+            slide = open_slide(path, pixel_size_mm=pixel[0] if pixel and len(pixel) == 1 else pixel)
+        except InputError:
+            if wsi_options or not _plain_tiff(lower):
+                raise
+            continue  # a plain TIFF that is no slide (no pixel size, one page): the scan readers take it
+        pixels = math.prod(slide.shape)
+        if len(slide.levels) > 1 or pixels > TILED_PIXELS or lower.endswith(OPENSLIDE_SUFFIXES) or wsi_options:
+            slides.append(slide)
+        else:
+            slide.close()
+    if slides and len(slides) != len(args.inputs):
+        raise MedPanopticError("give whole slides on their own: they take the tiled path, the other inputs do not")
+    return slides
+
+
+def _plain_tiff(name: str) -> bool:
+    return name.endswith((".tif", ".tiff")) and not name.endswith((".ome.tif", ".ome.tiff"))
+
+
+def run_segment_slides(args: argparse.Namespace, slides) -> int:
+    """The tiled path: each slide segmented tile by tile into OUT/<slide>.*, resumable."""
+    from .io.paths import unique_components
+    from .segment import Segmenter
+    from .wsi.infer import segment_slide
+    from .wsi.writers import SLIDE_FORMATS
+
+    formats = [f.strip() for f in (args.to or SLIDE_DEFAULT_FORMATS).split(",") if f.strip()]
+    other = [f for f in formats if f not in SLIDE_FORMATS]
+    if other:
+        why = (": highdicom's Segmentation (tile_pixel_array=True) takes the whole total pixel matrix as one "
+               "in-memory array, which the tiled path never holds" if any(f.startswith("dicom-seg") for f in other) else "")
+        raise MedPanopticError(f"a whole slide is written as {', '.join(SLIDE_FORMATS)}, not {', '.join(other)}{why}")
+    segmenter = Segmenter(args.bundle, args.device)
+    names = unique_components([s.path.name.split(".")[0] if s.path else "slide" for s in slides], "slide")
+    for slide, name in zip(slides, names):
+        with contextlib.closing(slide):
+            run = segment_slide(slide, segmenter, args.out, formats, stem=name, roi=args.roi, core=args.tile,
+                                scheduler=args.scheduler, resume=not args.no_resume, progress=True,
+                                gzip_geojson=args.gzip)
+        done = f" ({run.resumed_tiles} done before)" if run.resumed_tiles else ""
+        print(f"{slide.path}: {run.instances} instances in {len(run.grid.tiles)} tiles{done} -> "
+              f"{', '.join(str(p) for p in run.written.values())}")
+    return 0
+
+
+def _formats(text: str | None) -> list[str]:
     from .io.formats import check_formats
+
+    text = text or "nifti,table,png"
 
     formats = check_formats(f.strip() for f in text.split(",") if f.strip())
     return formats if "table" in formats else formats + ["table"]  # the cohort summary is built from the tables
@@ -298,6 +376,9 @@ def run_segment(args: argparse.Namespace) -> int:
     from .segment import bundle_path
 
     check_device(args.device)
+    slides = _slide_inputs(args)
+    if slides:
+        return run_segment_slides(args, slides)
     inputs, formats = _remote_inputs(args), _formats(args.to)
     if args.store:
         from .remote.push import STORED_FORMAT

@@ -185,10 +185,11 @@ class PanopticResult:
     def save(self, stem: str | os.PathLike, formats: Iterable[str] = ("nifti", "table")) -> dict[str, Path]:
         """Write the chosen formats beside `stem` (the names of `io.formats.WRITERS`: `nifti`, label +
         instance maps and JSON; the viewer exports; `table`; `png`, the QC montage). DICOM SEG is
-        written only for DICOM sources. Returns every path by name."""
+        written only for DICOM sources, GeoJSON only for 2D results. Returns every path by name."""
         formats = check_formats(formats)
         if not self.is_dicom:  # a DICOM SEG references DICOM source slices: NIfTI and other sources have none
             formats = [f for f in formats if not WRITERS[f].needs_dicom]
+        formats = [f for f in formats if self.pair.ndim - 1 in WRITERS[f].spatial_dims]  # GeoJSON: 2D only
         Path(stem).parent.mkdir(parents=True, exist_ok=True)
         return write_formats(self, stem, formats)
 
