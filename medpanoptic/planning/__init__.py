@@ -1,0 +1,1 @@
+"""Training from a dataset's fingerprint: plan, generated bundle, cross-validated training."""
