@@ -366,6 +366,7 @@ def multi_gpu_config() -> dict:
         "validate#sampler": {"_target_": "DistributedSampler", "dataset": "@validate#dataset", "even_divisible": False,
                              "shuffle": False},
         "validate#dataloader#sampler": "@validate#sampler",
+        "validate#evaluator#val_handlers": "$None if dist.get_rank() > 0 else @validate#handlers",
         "initialize": [
             "$dist.is_initialized() or dist.init_process_group(backend=@backend)",
             "$torch.cuda.set_device(@device) if torch.cuda.is_available() else None",

@@ -308,7 +308,8 @@ def fold_parser(bundle: str | os.PathLike, fold: int, epochs: int | None = None,
     """The ConfigParser of the bundle's train.json for `fold` (what `--fold K` on the command line does)."""
     from ..segment import bundle_config
 
-    parser = bundle_config(bundle, "train.json")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun: the bundle's DDP overrides too
+    parser = bundle_config(bundle, "train.json", *(["multi_gpu_train.json"] if distributed else []))
     parser["fold"], parser["resume"] = int(fold), bool(resume)
     if epochs is not None:
         parser["max_epochs"] = int(epochs)
@@ -326,7 +327,15 @@ def train_fold(bundle: str | os.PathLike, fold: int, epochs: int | None = None, 
     trainer = parser.get_parsed_content("train#trainer")
     for handler in handlers:
         handler.attach(trainer)
-    parser.get_parsed_content("run")
+    try:
+        parser.get_parsed_content("run")
+    except RuntimeError as e:  # MONAI wraps what the expression raised in "Failed to evaluate": give the cause
+        if e.__cause__ is None:
+            raise
+        raise e.__cause__ from None
+    finally:
+        if "finalize" in parser:
+            parser.get_parsed_content("finalize")
     return fold_summary(bundle, fold)
 
 
@@ -339,6 +348,13 @@ def fold_summary(bundle: str | os.PathLike, fold: int) -> dict:
     return {"fold": fold, "n_train": len(splits["train"]), "n_val": len(splits["val"]),
             "best_epoch": record["best"]["epoch"], "pq": best.get(KEY_METRIC, float("nan")),
             "pq_things": best.get("val_pq_things", float("nan")), "pq_stuff": best.get("val_pq_stuff", float("nan"))}
+
+
+def _plain(tensor) -> torch.Tensor:
+    """A tensor without MONAI's meta (what `torch.load(weights_only=True)` reads back)."""
+    from monai.data import MetaTensor
+
+    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else torch.as_tensor(tensor)
 
 
 def cache_fold_outputs(bundle: str | os.PathLike, fold: int) -> list[Path]:
@@ -360,9 +376,9 @@ def cache_fold_outputs(bundle: str | os.PathLike, fold: int) -> list[Path]:
             pred = inferer(image[None].to(next(network.parameters()).device), network)[0]
         path = Path(bundle) / "cache" / f"fold_{fold}" / f"{safe_component(name)}.pt"
         with atomic_paths(path) as (tmp,):
-            torch.save({"case": name, "pred": pred.as_tensor().half().cpu() if hasattr(pred, "as_tensor")
-                        else pred.half().cpu(), "label": torch.as_tensor(item["label"]).round().to(torch.int32),
-                        "affine": torch.as_tensor(image.affine, dtype=torch.float64)}, tmp)
+            torch.save({"case": name, "pred": _plain(pred).half().cpu(),
+                        "label": _plain(item["label"]).round().to(torch.int32),
+                        "affine": _plain(image.affine).to(torch.float64)}, tmp)
         written.append(path)
     return written
 
@@ -404,7 +420,10 @@ def train(plan_path: str | os.PathLike, folds: str | int = "all", epochs: int | 
     summaries, cached = [], []
     for fold in chosen:
         summaries.append(train_fold(bundle, fold, epochs, resume, overrides, handlers))
-        cached += cache_fold_outputs(bundle, fold)
+        if int(os.environ.get("RANK", "0")) == 0:  # torchrun: the other ranks only train
+            cached += cache_fold_outputs(bundle, fold)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return bundle
     best = max(summaries, key=lambda s: s["pq"] if np.isfinite(s["pq"]) else -1.0)
     shutil.copyfile(bundle / "models" / f"fold_{best['fold']}" / BEST, bundle / "models" / BEST)
     values = tune(bundle, plan, cached)
