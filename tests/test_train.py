@@ -212,7 +212,7 @@ def test_a_bad_plan_is_one_line_error(tmp_path, capsys):
     bad.write_text(json.dumps({"format": "something/2"}))
     assert main(["train", str(bad), "--fold", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("medpanoptic: error: ") and "not a medpanoptic plan" in err
+    assert err.count("\n") == 0 and err.startswith("medpanoptic: error: ") and "not a valid plan: format is" in err
     bad.write_text("{ not json")
     assert main(["train", str(bad)]) == 2
     assert "cannot read the plan" in capsys.readouterr().err

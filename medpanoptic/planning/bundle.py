@@ -13,7 +13,6 @@ The configs say everything the plan decided, in MONAI's own terms (Spacingd, Ran
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from pathlib import Path
@@ -96,33 +95,25 @@ def _interpolation(plan: dict) -> str:
     return "trilinear" if _spatial_dims(plan) == 3 else "bilinear"
 
 
-def network_def(plan: dict) -> dict:
-    """PanopticNet with the planned topology (`kernel_size` once PanopticNet takes it)."""
-    from ..nets import PanopticNet
+def _in_pixels(plan: dict) -> bool:
+    """Microscopy works on the images' own pixel grid: no resampling, sizes in mm through the planned
+    pixel size (`pixel_size_mm`), as a PNG states none (the shipped nuclei bundle does the same)."""
+    return plan["dataset"]["layout"] == "microscopy"
 
+
+def network_def(plan: dict) -> dict:
+    """PanopticNet with the planned topology."""
     net = decision(plan, "network")
-    config = {"_target_": "medpanoptic.nets.PanopticNet", "spatial_dims": _spatial_dims(plan),
-              "in_channels": len(plan["dataset"]["channels"]), "n_classes": "@n_classes",
-              "backbone": net.get("backbone", "dynunet"), "filters": list(net["filters"]),
-              "strides": [list(s) for s in net["strides"]]}
-    if "kernel_size" in net and "kernel_size" in inspect.signature(PanopticNet).parameters:
-        config["kernel_size"] = [list(k) for k in net["kernel_size"]]
-    return config
+    return {"_target_": "medpanoptic.nets.PanopticNet", "spatial_dims": _spatial_dims(plan),
+            "in_channels": len(plan["dataset"]["channels"]), "n_classes": "@n_classes",
+            "backbone": net.get("backbone", "dynunet"), "filters": list(net["filters"]),
+            "kernel_size": [list(k) for k in net["kernel_size"]], "strides": [list(s) for s in net["strides"]]}
 
 
 def normalisation(plan: dict) -> list[dict]:
-    """The planned per-channel normalisation as transforms: MONAI's own where one transform says it
-    exactly (one channel clipped and z-scored with the dataset's figures; every channel z-scored per
-    image), else `NormalizeChannelsd` with the plan's list."""
-    schemes = decision(plan, "normalisation")
-    if all(s["scheme"] == "zscore" for s in schemes):
-        return [{"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True}]
-    if len(schemes) == 1 and schemes[0]["clip"] is not None:
-        (lo, hi), mean, std = schemes[0]["clip"], schemes[0]["mean"], schemes[0]["std"]
-        return [{"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": lo, "a_max": hi,
-                 "b_min": (lo - mean) / std, "b_max": (hi - mean) / std, "clip": True}]
+    """The planned per-channel normalisation."""
     return [{"_target_": "medpanoptic.planning.transforms.NormalizeChannelsd", "keys": "image",
-             "normalisation": schemes}]
+             "normalisation": decision(plan, "normalisation")}]
 
 
 def _common(plan: dict) -> dict:
@@ -137,6 +128,7 @@ def _common(plan: dict) -> dict:
         "n_classes": "$@label_set.max_id + 1",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "pixdim": [float(v) for v in decision(plan, "target_spacing_mm")],
+        "pixel_size_mm": "@pixdim" if _in_pixels(plan) else None,
         "roi_size": [int(v) for v in decision(plan, "patch_size")],
         "sw_batch_size": 2,
         "overlap": 0.25,
@@ -152,9 +144,11 @@ def _sliding_window() -> dict:
             "overlap": "@overlap", "mode": "gaussian"}
 
 
-def _resample(plan: dict, keys: Sequence[str]) -> dict:
-    return {"_target_": "Spacingd", "keys": list(keys), "pixdim": "@pixdim",
-            "mode": ["bilinear" if k == "image" else "nearest" for k in keys]}
+def _resample(plan: dict, keys: Sequence[str]) -> list[dict]:
+    if _in_pixels(plan):
+        return []
+    return [{"_target_": "Spacingd", "keys": list(keys), "pixdim": "@pixdim",
+             "mode": ["bilinear" if k == "image" else "nearest" for k in keys]}]
 
 
 # -- postprocess.json ---------------------------------------------------------------------
@@ -174,7 +168,7 @@ def postprocess_config(plan: dict, values: dict) -> dict:
                     "the out-of-fold network outputs (see docs/README.md). min_size_mm: mm^3 in 3D, mm^2 in 2D.",
         **{k: values[k] for k in keys},
         "panoptic": {"_target_": "medpanoptic.transforms.PanopticPostprocessd", "keys": "pred",
-                     "label_set": "@label_set", **{k: f"@{k}" for k in keys}},
+                     "label_set": "@label_set", **{k: f"@{k}" for k in keys}, "spacing": "@pixel_size_mm"},
     }
 
 
@@ -195,7 +189,7 @@ def inference_config(plan: dict) -> dict:
         "datalist": "$[s.as_dict() for s in find_scans([@dataset_dir])]",
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "medpanoptic.transforms.LoadScand", "keys": "image"},
-            _resample(plan, ["image"]),
+            *_resample(plan, ["image"]),
             *normalisation(plan),
             {"_target_": "EnsureTyped", "keys": "image"},
         ]},
@@ -242,7 +236,7 @@ def _augmentation(plan: dict) -> list[dict]:
         {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5},
         {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
         {"_target_": "medpanoptic.transforms.PanopticTargetsd", "keys": "label", "label_set": "@label_set",
-         "sigma_mm": "@sigma_mm"},
+         "sigma_mm": "@sigma_mm", "spacing": "@pixel_size_mm"},
         {"_target_": "EnsureTyped", "keys": keys, "track_meta": False},
         {"_target_": "DeleteItemsd", "keys": ["label_thing_indices", "label_other_indices"]},
     ]
@@ -262,9 +256,9 @@ def train_config(plan: dict, seed: int = 0) -> dict:
     common = _common(plan)
     common["imports"] = common["imports"] + ["$from medpanoptic.planning.train import fold_datalist"]
     load = [
-        {"_target_": "medpanoptic.transforms.LoadScand", "keys": "image"},
-        {"_target_": "medpanoptic.transforms.LoadPanopticd", "keys": "label", "label_set": "@label_set"},
-        _resample(plan, ["image", "label"]),
+        {"_target_": "medpanoptic.planning.transforms.LoadCased", "keys": ["image", "label"],
+         "label_set": "@label_set", "root": "@dataset_dir"},
+        *_resample(plan, ["image", "label"]),
         *normalisation(plan),
     ]
     return {

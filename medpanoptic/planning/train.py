@@ -24,11 +24,11 @@ from ..errors import InputError
 from ..io.atomic import atomic_paths, atomic_write_json
 from ..io.paths import inside, safe_component
 from ..labels import LabelSet
+from .plan import load_plan
 from .bundle import KEY_METRIC, SPLITS_FILE, decision, default_postprocess, write_bundle, write_postprocess, write_readme
 
 log = logging.getLogger(__name__)
 
-PLAN_FORMAT = "medpanoptic-plan/1"
 CHECKPOINT = "checkpoint.pt"
 BEST = "model.pt"
 HISTORY = "history.json"
@@ -37,37 +37,13 @@ CASE_PATH_KEYS = ("image", "label", "instance", "classes")
 
 
 # -- the plan -----------------------------------------------------------------------------
-def read_plan(path: str | os.PathLike) -> dict:
-    """The plan at `path`, validated by `planning.plan.load_plan` where it exists (else the format
-    and the sections training needs are checked here)."""
-    try:
-        from .plan import load_plan
-    except ImportError:
-        return _check_plan(path)
-    return load_plan(path)
-
-
-def _check_plan(path: str | os.PathLike) -> dict:
-    try:
-        plan = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"cannot read the plan ({e})") from None
-    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
-        raise InputError(path, f"not a medpanoptic plan (its 'format' must be {PLAN_FORMAT!r}; make one with "
-                               "`medpanoptic plan DATASET --out PLAN`)")
-    missing = [k for k in ("dataset", "label_set", "cases", "decisions") if k not in plan]
-    if missing:
-        raise InputError(path, f"the plan lacks {', '.join(missing)}")
-    return plan
-
-
 # -- splits -------------------------------------------------------------------------------
 def case_has_things(entry: dict, root: str | os.PathLike, label_set: LabelSet) -> bool:
-    """Whether a case's label map holds a thing class."""
-    from ..io.scan import read_scan
+    """Whether a case holds a thing instance (read as training reads it, `LoadCased`)."""
+    from .transforms import load_case
 
-    values = np.asarray(read_scan(inside(root, Path(root) / entry["label"])))
-    return bool(np.isin(np.round(values), label_set.thing_ids).any())
+    _, pair = load_case(entry, label_set, root)
+    return bool((pair[1] > 0).any())
 
 
 def make_splits(names: Sequence[str], with_things: Sequence[bool], folds: int, seed: int = 0) -> list[dict]:
@@ -105,8 +81,8 @@ def splits_document(plan: dict, seed: int = 0) -> dict:
 
 
 def fold_datalist(splits_file: str | os.PathLike, root: str | os.PathLike, fold: int, part: str) -> list[dict]:
-    """The `part` ("train" or "val") entries of `fold`, their paths made absolute inside `root` (a
-    path that climbs out of the dataset is refused)."""
+    """The `part` ("train" or "val") entries of `fold` as `LoadCased` takes them (relative to `root`;
+    a path that climbs out of the dataset is refused)."""
     document = json.loads(Path(splits_file).read_text(encoding="utf-8"))
     folds = document["folds"]
     if not 0 <= int(fold) < len(folds):
@@ -115,12 +91,9 @@ def fold_datalist(splits_file: str | os.PathLike, root: str | os.PathLike, fold:
     for name in folds[int(fold)][part]:
         entry = {k: v for k, v in document["cases"][name].items() if v is not None}  # None does not collate
         for key in CASE_PATH_KEYS:
-            value = entry.get(key)
-            if isinstance(value, list):
-                entry[key] = [str(inside(root, Path(root) / v)) for v in value]
-                entry[key] = entry[key][0] if len(entry[key]) == 1 else entry[key]
-            elif value:
-                entry[key] = str(inside(root, Path(root) / value))
+            for value in entry[key] if isinstance(entry.get(key), list) else [entry.get(key)]:
+                if value:
+                    inside(root, Path(root) / value)
         entries.append(entry)
     return entries
 
@@ -403,7 +376,7 @@ def train(plan_path: str | os.PathLike, folds: str | int = "all", epochs: int | 
     """Train the plan's bundle: write it (or, with `resume`, take the one at `out` as it is), train
     the folds asked for, cache their out-of-fold outputs, tune the post-processing on them and
     choose `models/model.pt` (the fold with the best validation PQ). Returns the bundle folder."""
-    plan = read_plan(plan_path)
+    plan = load_plan(plan_path)
     bundle = Path(out) if out else Path(plan_path).resolve().parent / f"{Path(plan_path).stem}_bundle"
     if resume and (bundle / "configs" / "train.json").is_file():
         log.info("resuming the bundle %s as written", bundle)
