@@ -495,6 +495,19 @@ def run_track(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train (medpanoptic.planning.train) ----------------------------------------------------
+def _configure_train(p: argparse.ArgumentParser) -> None:
+    from .planning.train import configure_cli
+
+    configure_cli(p)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .planning.train import run_cli
+
+    return run_cli(args)
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "demo": ("segment a built-in CT phantom with the shipped 3D bundle and export every format", _configure_demo, run_demo),
     "segment": ("segment scans or a whole cohort with a bundle (resumable, errors.csv, torchrun)", _configure_segment, run_segment),
@@ -505,6 +518,8 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
              configure_plan, run_plan),
     "export": ("write a result as DICOM SEG, Slicer .seg.nrrd, viewer label map and instance table", _configure_export, run_export),
     "evaluate": ("panoptic quality and lesion-wise figures of predictions against ground truth", _configure_evaluate, run_evaluate),
+    "train": ("train the bundle of a plan: k-fold cross-validation, exact resume, tuned post-processing",
+              _configure_train, _run_train),
     "track": ("follow-up: register time points, match lesions (new/vanished/merged/split/grown), RECIST response",
               _configure_track, run_track),
 }
@@ -545,7 +560,7 @@ def _command_in(argv: Sequence[str]) -> str | None:
 
 def _subject(args: argparse.Namespace) -> str:
     """What the command was working on, for messages: its input path(s)."""
-    for key in ("scan", "stem", "pred", "inputs", "results", "out"):
+    for key in ("scan", "stem", "pred", "inputs", "results", "plan", "out"):
         value = getattr(args, key, None)
         if value:
             return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
