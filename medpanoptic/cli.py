@@ -38,6 +38,17 @@ def _open_fraction(text: str) -> float:
     return value
 
 
+def _positive_mm(text: str) -> float:
+    """A finite length in mm greater than 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of mm, got {text!r}")
+    return value
+
+
 def check_device(name: str | None) -> None:
     """Refuse a torch device this machine does not have, before any model or scan is loaded."""
     if name is None:
@@ -245,6 +256,12 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(FORMAT_NAMES)} (default nifti,table,png)")
     p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="segment every case again, even those already done")
+    p.add_argument("--strict-domain", action="store_true",
+                   help="refuse a scan far outside the bundle's training domain (its configs/fingerprint.json) "
+                        "instead of a warning and a 'domain' column in cases.csv")
+    p.add_argument("--pixel-size", type=_positive_mm, metavar="MM",
+                   help="2D bundles: the images' pixel size in mm (e.g. 0.00025 for 0.25 um), instead of the file's "
+                        "or, for files without one (PNG, JPEG, most TIFF), the estimate from the objects' size")
     pacs = p.add_argument_group("PACS", "inputs dicomweb(s)://HOST:PORT/PATH or dimse(s)://AET@HOST:PORT; credentials "
                                         "from MEDPANOPTIC_PACS_* variables or MEDPANOPTIC_PACS_CONFIG, never here")
     pacs.add_argument("--study", help="Study Instance UID to take from a DICOM node")
@@ -285,7 +302,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
         formats += [] if STORED_FORMAT in formats else [STORED_FORMAT]  # what goes back to the node
     report = segment_cohort(inputs, bundle_path(args.bundle), args.out, formats, device=args.device,
-                            resume=not args.no_resume, store=args.store)
+                            resume=not args.no_resume, store=args.store, strict_domain=args.strict_domain,
+                            pixel_size=args.pixel_size)
     if int(__import__("os").environ.get("RANK", 0)) == 0:
         print(f"{len(report.done)} case(s) segmented, {len(report.skipped)} already done, {len(report.failed)} failed"
               f" -> {args.out} (instances.csv, cases.csv, errors.csv, cohort_overview.png)")

@@ -3,7 +3,8 @@
 The shipped bundles were trained on phantoms (see each bundle's docs/README.md); this script
 makes phantoms of the same kind again, from seeds of the same ranges, and summarises them with
 `medpanoptic.domain.domain_fingerprint`, plus the typical thing size for the scale estimate
-(`medpanoptic.scale.instance_sizes`, at the bundle's own pixel size).
+(`medpanoptic.scale.instance_sizes`, at the bundle's own pixel size; for 2D bundles also as
+measured on the bundle's own output, `predicted_typical_diameter_px`, the estimate's target).
 
     python scripts/fingerprint_bundle.py ct_lesion_panoptic
     python scripts/fingerprint_bundle.py nuclei_panoptic_2d
@@ -21,8 +22,8 @@ import numpy as np
 
 from medpanoptic.domain import FINGERPRINT_FILE, domain_fingerprint
 from medpanoptic.io.atomic import atomic_write_text
-from medpanoptic.scale import instance_sizes
-from medpanoptic.segment import bundle_path
+from medpanoptic.scale import instance_sizes, thing_mask, typical_diameter_px
+from medpanoptic.segment import Segmenter, bundle_path
 from medpanoptic.synthetic import Phantom, ct_phantom, nuclei_phantom, oblique_direction
 
 
@@ -51,12 +52,24 @@ RECIPES = {
 }
 
 
+def predicted_diameter_px(name: str, phantoms: list[Phantom]) -> float:
+    """The typical diameter the scale estimate measures on the bundle's own output for images of its
+    training kind at its native scale: the target it compares like with like (the predicted thing
+    mask is a little tighter than the truth, by a pixel or so)."""
+    seg = Segmenter(name, device="cpu", estimate_scale=False)
+    thing_ids = seg.label_set.thing_ids
+    measured = [typical_diameter_px(thing_mask(seg(p.image).pair, thing_ids)) for p in phantoms]
+    return round(float(np.median([m for m in measured if m is not None])), 3)
+
+
 def bundle_fingerprint(name: str, n: int) -> dict:
     """The fingerprint document of shipped bundle `name`, from `n` phantoms of its training kind."""
     make, modality, spacing, recipe = RECIPES[name]
     phantoms = list(make(n))
     fingerprint = domain_fingerprint((p.image for p in phantoms), modality=modality)
     fingerprint["instances"] = instance_sizes([p.pair for p in phantoms], phantoms[0].label_set.thing_ids, spacing)
+    if len(spacing) == 2:  # the scale estimate is for 2D images without a pixel size
+        fingerprint["instances"]["predicted_typical_diameter_px"] = predicted_diameter_px(name, phantoms)
     fingerprint["made_from"] = f"{n} phantoms: {recipe} (scripts/fingerprint_bundle.py)"
     return fingerprint
 
