@@ -344,15 +344,16 @@ class Segmenter:
             return self.infer(work, postprocess)
 
         if self.native_pixel_size_mm is None:
-            return (*segment_scaled(segment, image, 1.0)[:3], None)
+            return (*segment_scaled(segment, image, 1.0, self.label_set.thing_ids)[:3], None)
         if self.pixel_size is not None or image.meta.get(PIXEL_SIZE_KNOWN, True):
             method = "given" if self.pixel_size is not None else "file"
             size = float(self.pixel_size[0]) if self.pixel_size is not None else float(_image_pixel_size(image))
             factor = clamp_factor(size / self.native_pixel_size_mm)
             factor = 1.0 if math.isclose(factor, 1.0, rel_tol=1e-6) else factor
-            return (*segment_scaled(segment, image, factor)[:3], ScaleEstimate(factor, method, pixel_size_mm=size))
+            return (*segment_scaled(segment, image, factor, self.label_set.thing_ids)[:3],
+                    ScaleEstimate(factor, method, pixel_size_mm=size))
         if not self.estimate_scale:
-            return (*segment_scaled(segment, image, 1.0)[:3], ScaleEstimate(1.0, "none"))
+            return (*segment_scaled(segment, image, 1.0, self.label_set.thing_ids)[:3], ScaleEstimate(1.0, "none"))
         values, scores, dropped, estimate = estimate_and_segment(segment, image, self.label_set.thing_ids,
                                                                  self.target_diameter_px)
         report = log.warning if estimate.factor != 1.0 else log.info
