@@ -272,11 +272,15 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
                                 f"whole slides: {SLIDE_DEFAULT_FORMATS})")
     p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="segment every case again, even those already done")
+    p.add_argument("--strict-domain", action="store_true",
+                   help="refuse a scan far outside the bundle's training domain (its configs/fingerprint.json) "
+                        "instead of a warning and a 'domain' column in cases.csv")
+    p.add_argument("--pixel-size", type=_floats, metavar="UM",
+                   help="2D images and slides: the pixel size in µm (one value, or one per axis), instead of the "
+                        "file's or, for files without one (PNG, JPEG, most TIFF), the estimate from the objects' size")
     wsi = p.add_argument_group("whole slides", "pyramidal or large images (SVS, NDPI, MRXS, OME-TIFF, DICOM WSI, "
                                                "OME-Zarr) take the tiled path by themselves")
     wsi.add_argument("--roi", type=_ints, help="only this region, x,y,w,h in level-0 pixels (3D: x,y,z,w,h,d)")
-    wsi.add_argument("--pixel-size", type=_floats, help="pixel size in µm (one value, or one per axis) for slides "
-                                                        "that record none; overrides the file's")
     wsi.add_argument("--scheduler", help="map the tiles on this dask.distributed scheduler (tcp://HOST:PORT)")
     wsi.add_argument("--tile", type=int, help="tile core in pixels at the bundle's pixel size (default ~512 in 2D)")
     wsi.add_argument("--gzip", action="store_true", help="write the GeoJSON gzipped (.geojson.gz)")
@@ -301,7 +305,7 @@ def _slide_inputs(args: argparse.Namespace):
     from .errors import InputError
     from .wsi.readers import OPENSLIDE_SUFFIXES, open_slide
 
-    wsi_options = any(getattr(args, k) for k in ("roi", "pixel_size", "scheduler", "tile"))
+    wsi_options = any(getattr(args, k) for k in ("roi", "scheduler", "tile"))
     slides = []
     for text in args.inputs:
         path = Path(text)
@@ -309,7 +313,7 @@ def _slide_inputs(args: argparse.Namespace):
         candidate = lower.endswith(OPENSLIDE_SUFFIXES + (".tif", ".tiff", ".zarr", ".btf")) or wsi_options
         if not candidate or "://" in text or not path.exists():
             continue
-        pixel = tuple(v / 1000.0 for v in args.pixel_size) if args.pixel_size else None
+        pixel = _pixel_size_mm(args.pixel_size)
         try:
             slide = open_slide(path, pixel_size_mm=pixel[0] if pixel and len(pixel) == 1 else pixel)
         except InputError:
@@ -324,6 +328,15 @@ def _slide_inputs(args: argparse.Namespace):
     if slides and len(slides) != len(args.inputs):
         raise MedPanopticError("give whole slides on their own: they take the tiled path, the other inputs do not")
     return slides
+
+
+def _pixel_size_mm(um: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """`--pixel-size` (µm, as pathology states it) in mm, the unit of every other length here."""
+    if um is None:
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in um):
+        raise MedPanopticError(f"--pixel-size must be positive µm, got {um}")
+    return tuple(v / 1000.0 for v in um)
 
 
 def _plain_tiff(name: str) -> bool:
@@ -391,7 +404,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
         formats += [] if STORED_FORMAT in formats else [STORED_FORMAT]  # what goes back to the node
     report = segment_cohort(inputs, bundle_path(args.bundle), args.out, formats, device=args.device,
-                            resume=not args.no_resume, store=args.store)
+                            resume=not args.no_resume, store=args.store, strict_domain=args.strict_domain,
+                            pixel_size=_pixel_size_mm(args.pixel_size))
     if int(__import__("os").environ.get("RANK", 0)) == 0:
         print(f"{len(report.done)} case(s) segmented, {len(report.skipped)} already done, {len(report.failed)} failed"
               f" -> {args.out} (instances.csv, cases.csv, errors.csv, cohort_overview.png)")

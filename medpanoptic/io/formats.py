@@ -137,6 +137,9 @@ def _write_nifti(result: Result, stem) -> dict[str, Path]:
     source = str(result.source.meta.get("filename_or_obj", "")) if result.source is not None else ""
     extra = {"case": result.case, "source": source, "scores": {str(k): v for k, v in (result.scores or {}).items()},
              "dropped_instances": result.dropped_instances}
+    for key in ("domain", "scale"):  # what inference knew of the scan: its training domain, its rescaling
+        if getattr(result, key, None) is not None:
+            extra[key] = getattr(result, key)
     written = write_panoptic(result.pair, stem, result.label_set, extra=extra, instances=result.instance_table)
     return {f"nifti_{k}": v for k, v in written.items()}
 
