@@ -154,3 +154,27 @@ def test_default_grid_follows_the_truth_and_keeps_the_base(cases):
     assert 0.004 in grid["nms_mm"] and 0.3 in grid["center_threshold"]
     assert grid["vote_sigma_mm"] == (0.0, 0.0005, 0.001, 0.002) and grid["vote_min"] == (5.0, 10.0, 20.0)
     assert "vote_sigma_mm" not in default_grid(BAD, data, label_set)  # no votes in the base: none tried
+
+
+def test_cached_cases_read_trainings_cache_with_spacing_from_an_oblique_affine(cases, tmp_path):
+    from medpanoptic.planning.tune import cached_cases
+    from medpanoptic.synthetic import grid_affine
+
+    data, label_set = cases
+    heads, truth, _ = data[0]
+    turn = np.deg2rad(25.0)  # an oblique grid: its voxel sizes stay (0.6, 0.4) mm
+    direction = [np.cos(turn), -np.sin(turn), np.sin(turn), np.cos(turn)]
+    affine = torch.as_tensor(grid_affine(heads.shape[1:], (0.6, 0.4), direction), dtype=torch.float64)
+    assert abs(float(affine[0, 1])) > 0.1
+    torch.save({"case": "c0", "pred": heads.half(), "label": truth, "affine": affine}, tmp_path / "c0.pt")
+    (read,) = cached_cases([tmp_path / "c0.pt"])
+    assert read.spacing == pytest.approx((0.6, 0.4), abs=1e-9)
+    assert read.heads.dtype == torch.float16 and torch.equal(read.truth, truth)
+    config, table = tune_postprocess([read], label_set, BAD, grid={"center_threshold": [0.5]})
+    assert config.center_threshold == 0.5 and len(table) == 2
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match=r"broken.pt: not a cached network output"):
+        cached_cases([tmp_path / "broken.pt"])
+    torch.save({"pred": heads}, tmp_path / "partial.pt")
+    with pytest.raises(InputError, match=r"partial.pt: a cached network output needs label, affine"):
+        cached_cases([tmp_path / "partial.pt"])

@@ -4,7 +4,7 @@ After training, the out-of-fold network outputs of every case are kept (the raw 
 on the grid of the case's truth); `tune_postprocess` searches the centre threshold, the NMS
 window, the minimum instance size and, where the bundle uses them, the offset-vote settings,
 for the highest dataset-level PQ_things (ties broken by PQ over all classes), scored by the
-project's own `panoptic_quality`.
+project's own `panoptic_quality`. `cached_cases` reads the out-of-fold outputs training caches.
 
 The search is coordinate descent over a small grid per knob, from the base config: one knob
 at a time is swept with the others held, rounds repeat until none moves (at most
@@ -18,6 +18,7 @@ the minimum size alone reuses the last grouping (it only removes instances).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, replace
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io.geometry import spacing_from_affine
 from ..labels import LabelSet
 from ..metrics import panoptic_quality
 from ..nets import HeadLayout
@@ -45,6 +47,25 @@ class TuneCase(NamedTuple):
     heads: torch.Tensor  # (C, *spatial): semantic logits | centre | offsets, as the network gives them
     truth: torch.Tensor  # (2, *spatial) panoptic pair
     spacing: Sequence[float]  # mm per spatial array axis
+
+
+def cached_cases(paths: Iterable[str | os.PathLike]) -> list[TuneCase]:
+    """The cases of out-of-fold outputs cached by training: one `torch.save`d dict per case with `pred`
+    (the heads), `label` (the true pair on the same grid) and `affine` (of that grid, RAS), whose
+    voxel sizes become the spacing."""
+    cases = []
+    for path in paths:
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which
+            raise InputError(path, f"not a cached network output ({type(e).__name__}: {e})") from None
+        missing = [k for k in ("pred", "label", "affine") if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise InputError(path, f"a cached network output needs {', '.join(missing)}")
+        heads = torch.as_tensor(record["pred"])
+        spacing = spacing_from_affine(np.asarray(record["affine"], dtype=float), heads.ndim - 1)
+        cases.append(TuneCase(heads, torch.as_tensor(record["label"]), tuple(float(s) for s in spacing)))
+    return cases
 
 
 def tune_postprocess(
