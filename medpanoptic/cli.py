@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 from ._version import __version__
 from .errors import MedPanopticError
+from .planning.cli import configure_phantom_layouts, configure_plan, run_plan
 
 log = logging.getLogger("medpanoptic")
 
@@ -104,8 +105,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 # -- phantom ------------------------------------------------------------------------------
 def _configure_phantom(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", help="folder to create (Medical Segmentation Decathlon layout)")
-    p.add_argument("--n", type=int, default=4, help="number of cases (default 4)")
+    p.add_argument("out", help="folder to create (Medical Segmentation Decathlon layout unless --layout)")
+    p.add_argument("--n", "--cases", type=int, default=4, help="number of cases (default 4)")
     p.add_argument("--dims", type=int, choices=(2, 3), default=3, help="3: CT lesions, 2: microscopy nuclei")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
     p.add_argument("--shape", type=_ints, help="grid size, e.g. 96,96,48")
@@ -118,6 +119,7 @@ def _configure_phantom(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rgb", action="store_true", help="2D: H&E-like RGB instead of a single channel")
     p.add_argument("--rgb-fraction", type=float, help="2D: this fraction of the cases in RGB, the rest single-channel")
     p.add_argument("--dicom", action="store_true", help="3D: also write each case as a CT DICOM series")
+    configure_phantom_layouts(p)
 
 
 def run_phantom(args: argparse.Namespace) -> int:
@@ -130,6 +132,10 @@ def run_phantom(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise MedPanopticError(f"--n must be at least 1, got {args.n}")
+    if args.layout != "msd" or args.preset or args.channels or args.thing_scale or args.format:
+        from .planning.cli import run_phantom_layout
+
+        return run_phantom_layout(args)
     if args.dicom and args.dims != 3:
         raise MedPanopticError("--dicom needs --dims 3")
     out = Path(args.out)
@@ -405,6 +411,8 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "listen": ("receive DICOM series (C-STORE), segment each complete one and send the SEG back", _configure_listen, run_listen),
     "info": ("print a scan's geometry (and, for a DICOM folder, its series)", _configure_info, run_info),
     "phantom": ("write synthetic phantoms with panoptic truth as a Decathlon-layout dataset", _configure_phantom, run_phantom),
+    "plan": ("check and fingerprint a dataset, and plan its training and post-processing (JSON with reasons)",
+             configure_plan, run_plan),
     "export": ("write a result as DICOM SEG, Slicer .seg.nrrd, viewer label map and instance table", _configure_export, run_export),
     "evaluate": ("panoptic quality and lesion-wise figures of predictions against ground truth", _configure_evaluate, run_evaluate),
     "track": ("follow-up: register time points, match lesions (new/vanished/merged/split/grown), RECIST response",

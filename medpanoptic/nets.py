@@ -55,14 +55,22 @@ class PanopticNet(torch.nn.Module):
         backbone: str = "dynunet",
         filters: Sequence[int] = (16, 32, 64, 128),
         strides: Sequence[Sequence[int] | int] | None = None,
+        kernel_size: Sequence[Sequence[int] | int] | None = None,
     ) -> None:
+        """`strides` and `kernel_size` (DynUNet): one entry per level, an int or one per axis; the
+        defaults are 1 then 2 everywhere, and 3 everywhere (a planned anisotropic topology gives
+        e.g. kernel [3, 3, 1] and stride [2, 2, 1] on the first levels of 0.7x0.7x5 mm data)."""
         super().__init__()
         self.layout = HeadLayout(n_classes, spatial_dims)
         if backbone == "dynunet":
             strides = strides or [1] + [2] * (len(filters) - 1)
+            kernel_size = kernel_size or [3] * len(filters)
+            if not len(strides) == len(kernel_size) == len(filters):
+                raise ValueError(f"filters ({len(filters)}), strides ({len(strides)}) and kernel_size "
+                                 f"({len(kernel_size)}) need one entry per level")
             self.backbone = DynUNet(
                 spatial_dims=spatial_dims, in_channels=in_channels, out_channels=self.layout.channels,
-                kernel_size=[3] * len(filters), strides=strides, upsample_kernel_size=strides[1:],
+                kernel_size=list(kernel_size), strides=strides, upsample_kernel_size=strides[1:],
                 filters=list(filters), norm_name="instance", res_block=True,
             )
         elif backbone == "segresnet":

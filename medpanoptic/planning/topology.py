@@ -1,0 +1,54 @@
+"""The network's levels, kernel sizes and strides from the voxel spacing and the patch, as nnU-Net plans DynUNet.
+
+At each level an axis is downsampled (stride 2) only while its spacing is within 2x of the
+finest axis and its feature map still has room (`MIN_FEATURE_MAP` voxels after halving); an
+axis still more than 2x coarser than the finest gets kernel 1 (no mixing across thick slices).
+On 0.7x0.7x5 mm data the first downsamplings are in-plane only, with kernels (3, 3, 1), until
+the in-plane spacing has caught up with the slices.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+MIN_FEATURE_MAP = 4
+MAX_DOWNSAMPLINGS = {2: 6, 3: 5}
+MAX_FILTERS = {2: 512, 3: 320}
+
+
+def plan_topology(spacing: Sequence[float], patch: Sequence[int], base_filters: int = 32) -> dict:
+    """{"backbone", "filters", "kernel_size", "strides"} for a patch of `patch` voxels at `spacing` mm."""
+    dims = len(spacing)
+    current = np.asarray(spacing, dtype=float)
+    size = np.asarray(patch, dtype=float)
+    kernels = [_kernel(current)]
+    strides = [[1] * dims]
+    for _ in range(MAX_DOWNSAMPLINGS[dims]):
+        finest = current.min()
+        can = (current <= 2 * finest) & (size / 2 >= MIN_FEATURE_MAP)
+        if not can.any():
+            break
+        stride = np.where(can, 2, 1)
+        current = current * stride
+        size = size / stride
+        strides.append(stride.astype(int).tolist())
+        kernels.append(np.maximum(_kernel(current), kernels[-1]).tolist())
+    filters = [min(base_filters * 2**level, MAX_FILTERS[dims]) for level in range(len(strides))]
+    return {"backbone": "dynunet", "filters": filters, "kernel_size": [list(map(int, k)) for k in kernels],
+            "strides": strides}
+
+
+def _kernel(spacing: np.ndarray) -> list[int]:
+    return np.where(spacing / spacing.min() < 2, 3, 1).astype(int).tolist()
+
+
+def divisor(strides: Sequence[Sequence[int]]) -> list[int]:
+    """What each patch axis must be a multiple of: the product of its strides."""
+    return np.prod(np.asarray(strides, dtype=int), axis=0).astype(int).tolist()
+
+
+def fit_patch(patch: Sequence[int], strides: Sequence[Sequence[int]]) -> list[int]:
+    """`patch` rounded down to multiples of the strides' product per axis (at least one multiple)."""
+    return [max(d, int(p) // d * d) for p, d in zip(patch, divisor(strides))]
