@@ -7,6 +7,9 @@
     memory       a memory model of the planned network, checked against a measurement
     plan         the plan: decisions with their reasons, as readable JSON
     transforms   LoadCased and NormalizeChannelsd: what a generated bundle's configs use
+    bundle       the generated MONAI bundle of a plan
+    train        cross-validated training of that bundle, exact resume
+    tune         post-processing tuned on the cached out-of-fold network outputs
 
 Nothing is imported here: `medpanoptic phantom` and `medpanoptic --help` stay free of PyTorch.
 """
