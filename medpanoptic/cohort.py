@@ -64,10 +64,11 @@ def _files_of(scan: ScanInput) -> list[Path]:
     return [path] if path.exists() else []
 
 
-def fingerprint(scan: ScanInput, bundle: Path, formats: Sequence[str], options: str = "") -> str:
+def fingerprint(scan: ScanInput, bundle: Path, formats: Sequence[str], weights: Sequence[Path] | None = None,
+                options: str = "") -> str:
     """A hash of the input files' names, sizes and modification times (for a series on a DICOM node, of
-    the instances it lists), the bundle's weights, the formats and the `options` that change a result
-    (a pixel size given)."""
+    the instances it lists), the weights inference uses (default: the bundle's `models/model.pt`), the
+    inference `options` (folds, flips) and the formats."""
     h = hashlib.sha256()
     if scan.remote is not None:  # a node's series, retrieved or not: what the node lists
         h.update(f"{scan.remote.identity}\n".encode())
@@ -75,13 +76,12 @@ def fingerprint(scan: ScanInput, bundle: Path, formats: Sequence[str], options: 
         for p in _files_of(scan):
             st = p.stat()
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    weights = bundle / "models" / "model.pt"
-    if weights.exists():
-        st = weights.stat()
-        h.update(f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for path in [bundle / "models" / "model.pt"] if weights is None else weights:
+        if path.exists():
+            st = path.stat()
+            h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(f"{options}\n".encode() if options else b"")
     h.update(f"{scan.series_uid}|{','.join(sorted(formats))}".encode())
-    if options:
-        h.update(f"|{options}".encode())
     return h.hexdigest()
 
 
@@ -200,11 +200,14 @@ def segment_cohort(
     segmenter=None,
     store: str | None = None,
     strict_domain: bool = False,
-    pixel_size: float | None = None,
+    pixel_size: float | Sequence[float] | None = None,
+    tta: bool | Sequence[int] = False,
+    folds: str | Sequence[int] | None = None,
 ) -> CohortReport:
     """Segment every case named by `inputs` (files, folders, DICOM studies, CSV manifests, DICOM node
-    addresses); see the module docstring. `store`: a DICOM node that gets each case's DICOM SEG.
-    `strict_domain` and `pixel_size`: as `Segmenter`'s (a scan refused as out of domain is a failed case)."""
+    addresses); see the module docstring. `store`: a DICOM node that gets each case's DICOM SEG;
+    `strict_domain`, `pixel_size`, `tta`, `folds`: as `Segmenter`'s (a scan refused as out of domain is a
+    failed case; a case done with other weights, flips or pixel size is done again)."""
     from tqdm import tqdm
 
     from .segment import Segmenter, bundle_path
@@ -225,11 +228,14 @@ def segment_cohort(
         scans = find_scans(inputs, node_cases(out / PACS_CACHE))
         mine = scans[rank::world]
         report = CohortReport()
-        segmenter = segmenter or Segmenter.from_bundle(bundle, device=device, strict_domain=strict_domain,
-                                                       pixel_size=pixel_size)
+        segmenter = segmenter or Segmenter.from_bundle(bundle, device=device, tta=tta, folds=folds,
+                                                       strict_domain=strict_domain, pixel_size=pixel_size)
+        weights, options = getattr(segmenter, "weights", None), getattr(segmenter, "inference_options", "")
+        if pixel_size:
+            options += f"|pixel_size={pixel_size}"
         todo = []
         for scan in mine:
-            stamp = fingerprint(scan, bundle, formats, f"pixel_size={pixel_size}" if pixel_size else "")
+            stamp = fingerprint(scan, bundle, formats, weights, options)
             if resume and is_done(out / scan.case, stamp):  # only reads: a case folder is checked before it is written
                 report.skipped.append(scan.case)
             else:
