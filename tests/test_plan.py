@@ -347,3 +347,45 @@ def test_panoptic_net_runs_a_planned_anisotropic_topology_and_keeps_its_default(
     assert all(m.kernel_size == (3, 3, 3) for m in default.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size != (1, 1, 1))
     with pytest.raises(ValueError, match=r"filters \(4\), strides \(4\) and kernel_size \(3\) need one entry per level"):
         PanopticNet(3, 1, 4, kernel_size=[3, 3, 3])
+
+
+def test_things_declared_by_flag_that_the_instance_maps_do_not_cover_are_a_problem(msd_oblique):
+    from medpanoptic.planning.check import dataset_problems
+
+    problems = dataset_problems(load_dataset(msd_oblique, things="liver,lesion"))
+    assert [p.where for p in problems] == [f"instancesTr/phantom_{i:04d}.nii.gz" for i in range(4)]
+    assert problems[0].problem == "thing class 'liver' has voxels without an instance id (the instance map does not cover it)"
+
+
+def test_dataset_paths_that_climb_out_of_the_root_are_refused(tmp_path):
+    root = write_phantom_dataset(tmp_path / "msd", "msd", 1, ANISOTROPIC)
+    document = json.loads((root / "dataset.json").read_text())
+    document["training"][0]["image"] = "../../../etc/passwd"
+    (root / "dataset.json").write_text(json.dumps(document))
+    with pytest.raises(InputError, match=r"passwd: refusing to touch a path outside"):
+        load_dataset(root)
+
+
+def test_load_plan_refuses_case_paths_that_leave_the_dataset(msd_oblique, tmp_path):
+    from medpanoptic.planning.plan import make_plan, save_plan
+
+    plan = make_plan(msd_oblique, use_data_analyzer=False)
+    path = save_plan(plan, tmp_path / "plan.json")
+    assert load_plan(path)["decisions"] == json.loads(json.dumps(plan["decisions"]))
+    plan["cases"][0]["label"] = "/etc/shadow"
+    path.write_text(json.dumps(plan))
+    with pytest.raises(InputError, match=r"case 'phantom_0000': path '/etc/shadow' leaves the dataset root"):
+        load_plan(path)
+
+
+def test_phantom_command_writes_each_layout(tmp_path, capsys):
+    from medpanoptic.cli import main
+
+    assert main(["phantom", str(tmp_path / "mr"), "--layout", "nnunet_v2", "--preset", "mr", "--cases", "2",
+                 "--shape", "48,48,16", "--thing-scale", "0.5", "--things", "3"]) == 0
+    assert load_dataset(tmp_path / "mr").channels == ["T2", "ADC"]
+    assert main(["phantom", str(tmp_path / "cells"), "--layout", "microscopy", "--preset", "nuclei_large",
+                 "--cases", "1", "--format", "png", "--shape", "128,128", "--things", "3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["images", "masks"]
+    assert main(["phantom", str(tmp_path / "x"), "--layout", "microscopy", "--preset", "ct"]) == 2
+    assert "--preset ct is 3D, the microscopy layout needs 2D" in capsys.readouterr().err

@@ -149,10 +149,19 @@ def _read_label(dataset: Dataset, entry: dict, problems: list[Problem]) -> tuple
         inst = _read_file(dataset, entry["instance"], problems, "instance map")
         if inst is not None and not same_grid(values.shape, affine, inst[0].shape[1:], inst[1]):
             problems.append(Problem(entry["instance"], f"not on the grid of its label map {relative}"))
+        elif inst is not None:
+            problems += _uncovered_things(dataset, entry["instance"], values, inst[0][0])
     unknown = sorted(set(np.unique(values).tolist()) - {0, *dataset.label_set.ids})
     if unknown:
         problems.append(Problem(relative, f"class id(s) {unknown[:10]} outside the labels {dataset.label_set.ids}"))
     return values, affine
+
+
+def _uncovered_things(dataset: Dataset, where: str, label: np.ndarray, instance: np.ndarray) -> list[Problem]:
+    """Thing classes whose voxels have no instance in the instance map (e.g. a class declared a thing by --things)."""
+    uncovered = np.unique(label[(instance == 0) & np.isin(label, dataset.label_set.thing_ids)]).tolist()
+    return [Problem(where, f"thing class '{dataset.label_set[c].name}' has voxels without an instance id "
+                           "(the instance map does not cover it)") for c in uncovered]
 
 
 def _mask_classes(dataset: Dataset, entry: dict, instance: np.ndarray, problems: list[Problem]) -> np.ndarray:

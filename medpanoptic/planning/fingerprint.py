@@ -109,6 +109,9 @@ def data_analyzer_intensity(dataset: Dataset) -> list[dict] | None:
 
     datalist = {"training": [{"image": [str(dataset.path(p)) for p in e["image"]], "label": str(dataset.path(e["label"]))}
                              for e in dataset.cases]}
+    analyzer_log = logging.getLogger("monai.apps.auto3dseg.data_analyzer")  # its INFO lines go to stdout
+    level = analyzer_log.level
+    analyzer_log.setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             analyzer = DataAnalyzer(datalist, "", output_path=str(Path(tmp) / "datastats.yaml"), device="cpu",
@@ -117,6 +120,8 @@ def data_analyzer_intensity(dataset: Dataset) -> list[dict] | None:
         except Exception as e:  # a third-party analyser: its failure must not stop the plan
             log.warning("DataAnalyzer failed (%s: %s); intensity statistics computed directly", type(e).__name__, e)
             return None
+        finally:
+            analyzer_log.setLevel(level)
     cases = [case["image_foreground_stats"]["intensity"] for case in result["stats_by_cases"]]
     out = []
     for c, name in enumerate(dataset.channels):
