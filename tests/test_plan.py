@@ -12,7 +12,11 @@ from medpanoptic.io.geometry import spacing_from_affine, voxel_to_ras
 from medpanoptic.planning.datasets import load_dataset
 from medpanoptic.planning.phantoms import Geometry, write_phantom_dataset
 from medpanoptic.planning.plan import load_plan
-from medpanoptic.planning.transforms import NOMINAL_PIXEL_MM, LoadCased, NormalizeChannelsd
+from medpanoptic.planning.transforms import (
+    NOMINAL_PIXEL_MM,
+    LoadCased,
+    NormalizeChannelsd,
+)
 
 ANISOTROPIC = Geometry(3, (64, 64, 12), (0.7, 0.7, 5.0), thing_scale=0.5, n_things=3)
 MR = Geometry(3, (48, 48, 16), (0.6, 0.6, 4.0), channels=2, thing_scale=0.5, n_things=3)
@@ -283,7 +287,12 @@ def test_the_memory_model_is_within_1_5x_of_a_measured_forward_and_backward():
 
     from medpanoptic.losses import PanopticLoss
     from medpanoptic.nets import PanopticNet
-    from medpanoptic.planning.memory import GB, OPTIMISER_BYTES_PER_PARAMETER, estimate_memory_gb, saved_tensor_bytes
+    from medpanoptic.planning.memory import (
+        GB,
+        OPTIMISER_BYTES_PER_PARAMETER,
+        estimate_memory_gb,
+        saved_tensor_bytes,
+    )
     from medpanoptic.planning.topology import plan_topology
 
     torch.manual_seed(0)
@@ -297,7 +306,7 @@ def test_the_memory_model_is_within_1_5x_of_a_measured_forward_and_backward():
         target = torch.zeros(batch, 3 + dims, *patch)
         target[:, 0] = torch.randint(0, n_classes, (batch, *patch)).float()
 
-        def step(inputs):
+        def step(inputs, loss=loss, net=net, target=target):
             return loss(net(inputs), target)
 
         measured = saved_tensor_bytes(step, x) + OPTIMISER_BYTES_PER_PARAMETER * sum(p.numel() for p in net.parameters())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +19,6 @@ from ..errors import InputError
 from ..io.geometry import same_grid
 from .datasets import Dataset, read_class_table
 from .transforms import _read_channels, grid_difference
-
 
 UNREAD = "unread labels"  # a key of the voxel counter: cases whose truth could not be read
 

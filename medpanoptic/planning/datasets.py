@@ -21,7 +21,14 @@ from typing import Iterable, Sequence
 
 from ..errors import InputError, LabelSetError
 from ..io.paths import inside
-from ..labels import PALETTE, SCT_LESION, SCT_MORPHOLOGICALLY_ABNORMAL, SCT_TISSUE, LabelClass, LabelSet
+from ..labels import (
+    PALETTE,
+    SCT_LESION,
+    SCT_MORPHOLOGICALLY_ABNORMAL,
+    SCT_TISSUE,
+    LabelClass,
+    LabelSet,
+)
 
 PICTURE_SUFFIXES = (".tif", ".tiff", ".png")
 MR_CHANNEL_WORDS = ("MR", "T1", "T2", "FLAIR", "ADC", "DWI", "PD", "DCE", "SWI", "HBV")

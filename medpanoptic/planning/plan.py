@@ -316,7 +316,7 @@ def schedule(dataset, fingerprint: dict) -> dict:
     """Folds (every validation fold must hold things), epochs, learning rate, crops per case."""
     with_things = int(fingerprint.get("cases_with_things", len(dataset.cases)))
     folds = min(5, with_things) if with_things >= 2 else 1
-    fold_reason = (f"5-fold cross-validation" if folds == 5 else
+    fold_reason = ("5-fold cross-validation" if folds == 5 else
                    f"{folds} fold(s): only {with_things} case(s) hold things, and every validation fold needs one")
     return {
         "folds": _decision(folds, fold_reason + f" ({len(dataset.cases)} cases)"),
@@ -334,15 +334,16 @@ def summary_lines(plan: Mapping) -> list[str]:
     things = ", ".join(f"{n} ({t['n_instances']}, median {t['diameter_mm'].get('median', 0):.3g} mm)"
                        for n, t in plan["fingerprint"]["things"].items())
     net = value["network"]
+    unit = "mm^3" if ds["spatial_dims"] == 3 else "mm^2"
     return [
-        f"dataset:     {ds['name']} ({ds['layout']}, {ds['n_cases']} cases, {ds['spatial_dims']}D, "
-        f"channels {', '.join(ds['channels'])}, {ds['modality']})",
+        (f"dataset:     {ds['name']} ({ds['layout']}, {ds['n_cases']} cases, {ds['spatial_dims']}D, "
+         f"channels {', '.join(ds['channels'])}, {ds['modality']})"),
         f"things:      {things}",
         f"spacing:     {_mm(value['target_spacing_mm'])} mm",
-        f"patch:       {_mm(value['patch_size'])} voxels, batch {value['batch_size']}, "
-        f"~{value['estimated_memory_gb']:.2f} GB",
+        (f"patch:       {_mm(value['patch_size'])} voxels, batch {value['batch_size']}, "
+         f"~{value['estimated_memory_gb']:.2f} GB"),
         f"network:     DynUNet, {len(net['filters'])} levels, filters {net['filters']}, strides {net['strides']}",
-        f"instances:   sigma {value['sigma_mm']:.3g} mm, NMS {value['nms_mm']:.3g} mm, min size {value['min_size_mm']:.3g}, "
-        f"scale augmentation {value['scale_augmentation']}",
+        (f"instances:   sigma {value['sigma_mm']:.3g} mm, NMS {value['nms_mm']:.3g} mm, "
+         f"min size {value['min_size_mm']:.3g} {unit}, scale augmentation {value['scale_augmentation']}"),
         f"training:    {value['folds']} fold(s), {value['epochs']} epochs, learning rate {value['learning_rate']:g}",
     ]

@@ -21,7 +21,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from ..errors import InputError
+from ..errors import GeometryError, InputError
 from ..io.formats import scan_format
 from ..io.geometry import same_grid
 from ..io.scan import load_scan, make_meta_tensor
@@ -97,8 +97,8 @@ def load_image(entry: Mapping, root: str | os.PathLike) -> MetaTensor:
     for path in paths:
         array, this_affine = _read_channels(path)
         if affine is not None and not same_grid(arrays[0].shape[1:], affine, array.shape[1:], this_affine):
-            raise InputError(path, f"not on the grid of the case's first channel {paths[0]} "
-                                   f"(shape {tuple(array.shape[1:])} vs {tuple(arrays[0].shape[1:])})")
+            raise GeometryError(path, f"not on the grid of the case's first channel {paths[0]} "
+                                      f"({grid_difference(array.shape[1:], arrays[0].shape[1:])})")
         affine = this_affine if affine is None else affine
         arrays.append(array.astype(np.float32, copy=False))
     ndim = arrays[0].ndim - 1
@@ -127,8 +127,8 @@ def load_pair(entry: Mapping, label_set: LabelSet, root: str | os.PathLike, imag
         affine = _nominal(affine, array.ndim - 1)
     image_affine = np.asarray(image.affine, dtype=float)
     if not same_grid(image.shape[1:], image_affine, array.shape[1:], affine):
-        raise InputError(label_path, f"not on the grid of its image {image.meta['filename_or_obj']} "
-                                     f"({grid_difference(array.shape[1:], image.shape[1:])})")
+        raise GeometryError(label_path, f"not on the grid of its image {image.meta['filename_or_obj']} "
+                                        f"({grid_difference(array.shape[1:], image.shape[1:])})")
     return make_meta_tensor(array.astype(np.int32), image_affine,
                             {"filename_or_obj": str(label_path), "case": entry.get("case", "")})
 
