@@ -337,7 +337,7 @@ def summary_lines(plan: Mapping) -> list[str]:
     unit = "mm^3" if ds["spatial_dims"] == 3 else "mm^2"
     return [
         (f"dataset:     {ds['name']} ({ds['layout']}, {ds['n_cases']} cases, {ds['spatial_dims']}D, "
-         f"channels {', '.join(ds['channels'])}, {ds['modality']})"),
+         f"channels {', '.join(ds['channels'])}; modality {ds['modality']})"),
         f"things:      {things}",
         f"spacing:     {_mm(value['target_spacing_mm'])} mm",
         (f"patch:       {_mm(value['patch_size'])} voxels, batch {value['batch_size']}, "
