@@ -398,3 +398,29 @@ def test_phantom_command_writes_each_layout(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["images", "masks"]
     assert main(["phantom", str(tmp_path / "x"), "--layout", "microscopy", "--preset", "ct"]) == 2
     assert "--preset ct is 3D, the microscopy layout needs 2D" in capsys.readouterr().err
+
+
+def test_a_3d_microscopy_stack_without_pixel_size_plans_in_nominal_voxels(tmp_path):
+    """Confocal z-stacks (multi-page TIFF, no resolution tags): 3D, every axis 1 µm nominal, said so in the plan."""
+    import tifffile
+
+    from medpanoptic.planning.plan import make_plan
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for case in ("a", "b"):
+        mask = np.zeros((12, 32, 40), np.uint16)
+        mask[2:6, 4:10, 5:12], mask[6:10, 20:28, 20:30] = 1, 2
+        image = (rng.random(mask.shape) * 60 + 150 * (mask > 0)).astype(np.uint8)
+        tifffile.imwrite(tmp_path / "images" / f"{case}.tif", image)
+        tifffile.imwrite(tmp_path / "masks" / f"{case}.tif", mask)
+    ds = load_dataset(tmp_path)
+    assert (ds.spatial_dims, ds.channels) == (3, ["grey"])
+    entry = LoadCased(label_set=ds.label_set, root=tmp_path)(ds.cases[0])
+    assert entry["image"].shape == (1, 40, 32, 12) and int(entry["label"][1].max()) == 2
+    plan = make_plan(ds)
+    assert plan["fingerprint"]["pixel_size_nominal"] is True
+    assert plan["decisions"]["target_spacing_mm"]["value"] == [0.001, 0.001, 0.001]
+    assert "no pixel size" in plan["decisions"]["target_spacing_mm"]["reason"]
+    assert plan["decisions"]["scale_augmentation"]["value"] == [0.6, 1.6]
