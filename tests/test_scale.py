@@ -149,7 +149,7 @@ def test_the_estimate_finds_the_magnification_and_reports_it(figures):
             assert row["scale"]["factor"] == pytest.approx(1.0 / row["factor"], rel=0.2), row
 
 
-def test_a_given_pixel_size_overrides_the_estimate_and_goes_into_the_json(tmp_path):
+def test_a_given_pixel_size_overrides_the_estimate_and_goes_into_the_json(tmp_path, cli_main=None):
     from medpanoptic.cli import main
 
     phantom = nuclei_phantom(seed=102)
