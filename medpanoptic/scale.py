@@ -84,6 +84,20 @@ def typical_diameter_px(thing_mask: np.ndarray, sampling: Sequence[float] | None
     return 2.0 * float(np.median(ndimage.maximum(depth, components, keep)))
 
 
+def instance_diameter_px(pair: torch.Tensor, thing_ids: Sequence[int]) -> float | None:
+    """The median equivalent diameter (px) of a 2D pair's thing instances, or None without any.
+
+    Beside `typical_diameter_px` it tells a network working at its scale from one that is not:
+    a network seeing objects too large cuts them in two, and its instances come out smaller
+    than its mask says."""
+    instance = torch.as_tensor(pair[1]).as_subclass(torch.Tensor).cpu().long()
+    counts = torch.bincount(instance[torch.as_tensor(thing_mask(pair, thing_ids))].reshape(-1))[1:]
+    counts = counts[counts >= MIN_COMPONENT_PX].double()
+    if counts.numel() == 0:
+        return None
+    return float(2.0 * torch.sqrt(counts.median() / math.pi))
+
+
 def thing_mask(pair: torch.Tensor, thing_ids: Sequence[int]) -> np.ndarray:
     """The pixels of a pair whose label is a thing class."""
     labels = torch.as_tensor(pair[0]).as_subclass(torch.Tensor).cpu()
@@ -232,23 +246,29 @@ def central_crop(image: MetaTensor, size: int) -> MetaTensor:
     return make_meta_tensor(image.as_tensor()[(slice(None), *box)].numpy(), np.asarray(image.affine) @ shift, meta)
 
 
-def estimate_factor(segment: Segment, image: MetaTensor, thing_ids: Sequence[int], target_px: float
-                    ) -> tuple[float, float | None]:
+def estimate_factor(segment: Segment, image: MetaTensor, thing_ids: Sequence[int], target_px: float,
+                    target_instance_px: float | None = None) -> tuple[float, float | None]:
     """(factor, typical object diameter in source pixels) that brings the objects of `image` to
     `target_px`, or (1, None) when no pass finds objects.
 
-    A network far from its training scale gives no usable mask to measure (large bright nuclei
-    come out as rings, a few pixels thick), so one pass at the native scale is not enough: the
-    central crop is segmented at each factor of `LADDER`, the factor whose measured diameter is
-    nearest `target_px` is taken (there the network works, and its mask can be trusted), and
-    refined once by the ratio of the two."""
+    A network far from its training scale gives no mask to trust (large bright nuclei come out
+    as rings a few pixels thick, or cut in two), so one pass at the native scale is not enough:
+    the central crop is segmented at each factor of `LADDER`, and the factor is taken where the
+    network's output looks as it does on its training images: mask diameter near `target_px`
+    and, when given, instance diameter (`instance_diameter_px`) near `target_instance_px` (the
+    two off by as much as each other weigh alike). That factor is refined once by the mask's
+    ratio to its target."""
     sample = central_crop(image, ESTIMATE_CROP_PX)
     best: tuple[float, float, float] | None = None
     for factor in LADDER:
-        measured = typical_diameter_px(thing_mask(segment_scaled(segment, sample, factor, thing_ids)[3], thing_ids))
+        pair = segment_scaled(segment, sample, factor, thing_ids)[3]
+        measured = typical_diameter_px(thing_mask(pair, thing_ids))
         if measured is None:
             continue
         error = abs(math.log(measured / target_px))
+        if target_instance_px:
+            instances = instance_diameter_px(pair, thing_ids)
+            error += abs(math.log(instances / target_instance_px)) if instances else math.inf
         if best is None or error < best[0]:
             best = (error, factor, measured)
     if best is None:
@@ -257,11 +277,12 @@ def estimate_factor(segment: Segment, image: MetaTensor, thing_ids: Sequence[int
     return clamp_factor(factor * target_px / measured), measured / factor
 
 
-def estimate_and_segment(segment: Segment, image: MetaTensor, thing_ids: Sequence[int], target_px: float):
+def estimate_and_segment(segment: Segment, image: MetaTensor, thing_ids: Sequence[int], target_px: float,
+                         target_instance_px: float | None = None):
     """Segment `image` at the scale where its objects look `target_px` wide (`estimate_factor`):
     (pair on the source grid, scores, dropped ids, ScaleEstimate). A factor within `CLOSE_ENOUGH`
     of 1 is taken as 1: the image is segmented as it is."""
-    factor, diameter = estimate_factor(segment, image, thing_ids, target_px)
+    factor, diameter = estimate_factor(segment, image, thing_ids, target_px, target_instance_px)
     if diameter is None:
         log.warning("%s: no objects found to estimate the scale from; segmented at the bundle's native scale",
                     image.meta.get("filename_or_obj", "image"))

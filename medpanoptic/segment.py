@@ -447,8 +447,10 @@ class Segmenter:
                     ScaleEstimate(factor, method, pixel_size_mm=size))
         if not self.estimate_scale:
             return (*segment_scaled(segment, image, 1.0, self.label_set.thing_ids)[:3], ScaleEstimate(1.0, "none"))
+        instances = (self.fingerprint or {}).get("instances") or {}
         values, scores, dropped, estimate = estimate_and_segment(segment, image, self.label_set.thing_ids,
-                                                                 self.target_diameter_px)
+                                                                 self.target_diameter_px,
+                                                                 instances.get("predicted_instance_diameter_px"))
         report = log.warning if estimate.factor != 1.0 else log.info
         report("%s: no pixel size in the file; objects about %.1f px wide, rescaled by %.3g to the bundle's "
                "%.1f px (give --pixel-size to override)", image.meta.get("filename_or_obj", "image"),

@@ -22,7 +22,7 @@ import numpy as np
 
 from medpanoptic.domain import FINGERPRINT_FILE, domain_fingerprint
 from medpanoptic.io.atomic import atomic_write_text
-from medpanoptic.scale import instance_sizes, thing_mask, typical_diameter_px
+from medpanoptic.scale import instance_diameter_px, instance_sizes, thing_mask, typical_diameter_px
 from medpanoptic.segment import Segmenter, bundle_path
 from medpanoptic.synthetic import Phantom, ct_phantom, nuclei_phantom, oblique_direction
 
@@ -52,14 +52,17 @@ RECIPES = {
 }
 
 
-def predicted_diameter_px(name: str, phantoms: list[Phantom]) -> float:
-    """The typical diameter the scale estimate measures on the bundle's own output for images of its
-    training kind at its native scale: the target it compares like with like (the predicted thing
-    mask is a little tighter than the truth, by a pixel or so)."""
+def predicted_diameters_px(name: str, phantoms: list[Phantom]) -> dict:
+    """What the scale estimate measures on the bundle's own output for images of its training kind
+    at its native scale (`typical_diameter_px` of the thing mask, `instance_diameter_px` of the
+    instances): the targets it compares like with like."""
     seg = Segmenter(name, device="cpu", estimate_scale=False)
     thing_ids = seg.label_set.thing_ids
-    measured = [typical_diameter_px(thing_mask(seg(p.image).pair, thing_ids)) for p in phantoms]
-    return round(float(np.median([m for m in measured if m is not None])), 3)
+    pairs = [seg(p.image).pair for p in phantoms]
+    masks = [typical_diameter_px(thing_mask(pair, thing_ids)) for pair in pairs]
+    instances = [instance_diameter_px(pair, thing_ids) for pair in pairs]
+    return {"predicted_typical_diameter_px": round(float(np.median([m for m in masks if m])), 3),
+            "predicted_instance_diameter_px": round(float(np.median([i for i in instances if i])), 3)}
 
 
 def bundle_fingerprint(name: str, n: int) -> dict:
@@ -69,7 +72,7 @@ def bundle_fingerprint(name: str, n: int) -> dict:
     fingerprint = domain_fingerprint((p.image for p in phantoms), modality=modality)
     fingerprint["instances"] = instance_sizes([p.pair for p in phantoms], phantoms[0].label_set.thing_ids, spacing)
     if len(spacing) == 2:  # the scale estimate is for 2D images without a pixel size
-        fingerprint["instances"]["predicted_typical_diameter_px"] = predicted_diameter_px(name, phantoms)
+        fingerprint["instances"].update(predicted_diameters_px(name, phantoms))
     fingerprint["made_from"] = f"{n} phantoms: {recipe} (scripts/fingerprint_bundle.py)"
     return fingerprint
 
