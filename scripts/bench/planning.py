@@ -178,10 +178,10 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"{'geometry':14}{'layout':12}{'planned':>9}{'hand-tuned':>12}{'(retuned)':>11}{'ratio':>8}"
           f"{'planned s':>11}{'hand s':>9}{'  goal: planned >= hand-tuned and >= 0.85'}")
     for r in rows:
-        ratio = r["planned"] / r["hand_tuned"] if r["hand_tuned"] > 0 else float("inf")
+        ratio = f"{r['planned'] / r['hand_tuned']:8.2f}" if r["hand_tuned"] > 0 else f"{'n/a':>8}"
         met = r["planned"] >= r["hand_tuned"] and r["planned"] >= GOAL
         print(f"{r['geometry']:14}{r['layout']:12}{r['planned']:9.3f}{r['hand_tuned']:12.3f}{r['hand_tuned_retuned']:11.3f}"
-              f"{ratio:8.2f}{r['planned_s']:11.0f}{r['hand_tuned_s']:9.0f}  {'met' if met else 'NOT met'}")
+              f"{ratio}{r['planned_s']:11.0f}{r['hand_tuned_s']:9.0f}  {'met' if met else 'NOT met'}")
 
 
 def main() -> None:
