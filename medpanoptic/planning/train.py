@@ -361,15 +361,10 @@ def cache_fold_outputs(bundle: str | os.PathLike, fold: int) -> list[Path]:
         path = Path(bundle) / "cache" / f"fold_{fold}" / f"{safe_component(name)}.pt"
         with atomic_paths(path) as (tmp,):
             torch.save({"case": name, "pred": pred.as_tensor().half().cpu() if hasattr(pred, "as_tensor")
-                        else pred.half().cpu(), "label": _plain(item["label"]).round().to(torch.int32),
-                        "affine": _plain(image.affine).to(torch.float64)}, tmp)
+                        else pred.half().cpu(), "label": torch.as_tensor(item["label"]).round().to(torch.int32),
+                        "affine": torch.as_tensor(image.affine, dtype=torch.float64)}, tmp)
         written.append(path)
     return written
-
-
-def _plain(tensor) -> torch.Tensor:
-    """A plain CPU tensor: a MetaTensor's meta (numpy values) would not load with `weights_only=True`."""
-    return (tensor.as_tensor() if hasattr(tensor, "as_tensor") else torch.as_tensor(tensor)).cpu()
 
 
 def tune(bundle: str | os.PathLike, plan: dict, cached: list[Path]) -> dict:
