@@ -85,11 +85,11 @@ class MeanOfNetworks(torch.nn.Module):
         return total / len(self.networks)
 
 
-def averaged(networks: Sequence[torch.nn.Module], tta_axes: Sequence[int] | None | bool = False) -> torch.nn.Module:
-    """What inference runs: one network as it is, several as their mean; with `tta_axes` (True: every
-    spatial axis, or the axes listed) flip-averaged around that. Flips wrap the ensemble: each flipped
-    input is passed once through every network."""
+def averaged(networks: Sequence[torch.nn.Module], tta: bool | Sequence[int] = False) -> torch.nn.Module:
+    """What inference runs: one network as it is, several as their mean; with `tta` (True: every spatial
+    axis; or the axes listed) flip-averaged around that. Flips wrap the ensemble: each flipped input is
+    passed once through every network."""
     network = networks[0] if len(networks) == 1 else MeanOfNetworks(networks)
-    if tta_axes is False or tta_axes is None:
+    if not tta:
         return network
-    return FlipAveraged(network, None if tta_axes is True else tta_axes)
+    return FlipAveraged(network, None if tta is True else tta)
