@@ -20,6 +20,7 @@ from medpanoptic.cli import main
 from medpanoptic.errors import InputError
 from medpanoptic.io import read_panoptic, read_scan
 from medpanoptic.io.decathlon import write_case, write_dataset_json
+from medpanoptic.planning.phantoms import Geometry, write_phantom_dataset
 from medpanoptic.planning.train import make_splits, splits_document, train
 from medpanoptic.synthetic import make_phantom, oblique_direction
 
@@ -216,3 +217,33 @@ def test_a_bad_plan_is_one_line_error(tmp_path, capsys):
     bad.write_text("{ not json")
     assert main(["train", str(bad)]) == 2
     assert "cannot read the plan" in capsys.readouterr().err
+
+
+LAYOUTS = {"nnunet_v2": Geometry(3, (48, 48, 16), (0.6, 0.6, 4.0), channels=2, thing_scale=0.5, n_things=3),
+           "microscopy": Geometry(2, (96, 96), (0.0005, 0.0005), n_things=6)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_plan_train_segment_in_the_other_layouts(layout, tmp_path):
+    """nnU-Net v2 with two MR channels (3D) and microscopy (2D TIFF): `make_plan` -> 2 epochs -> the
+    bundle segments a case (Segmenter) onto its own grid, and its network passes `verify_net_in_out`."""
+    from monai.bundle import verify_net_in_out
+
+    from medpanoptic.planning.plan import make_plan, save_plan
+    from medpanoptic.planning.transforms import load_image
+    from medpanoptic.segment import Segmenter
+
+    root = write_phantom_dataset(tmp_path / "data", layout, 4, LAYOUTS[layout], seed=800)
+    plan = make_plan(root, gpu_memory_gb=24.0, base_filters=8, use_data_analyzer=False)
+    for name, value in {"folds": 2, "epochs": EPOCHS}.items():
+        plan["decisions"][name]["value"] = value
+    bundle = train(save_plan(plan, tmp_path / "plan.json"), 0, out=tmp_path / "bundle")
+    image = load_image(plan["cases"][0], root)
+    assert image.shape[0] == len(plan["dataset"]["channels"])
+    result = Segmenter(bundle, device="cpu")(image, case="c0")
+    assert result.pair.shape[1:] == image.shape[1:]
+    np.testing.assert_allclose(result.pair.affine.numpy(), image.affine.numpy(), atol=1e-6)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(bundle)
+        verify_net_in_out(net_id="network_def", meta_file="configs/metadata.json",
+                          config_file="configs/inference.json", n=2, p=1)
