@@ -251,6 +251,14 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(FORMAT_NAMES)} (default nifti,table,png)")
     p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="segment every case again, even those already done")
+    p.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation: average the outputs over flips along every subset of the spatial "
+                        "axes (4 passes in 2D, 8 in 3D); logits and heads averaged before grouping")
+    p.add_argument("--tta-axes", metavar="AXES", help="flip only along these spatial axes of the network's input, "
+                                                      "e.g. 0,1 (implies --tta)")
+    p.add_argument("--folds", metavar="all|K,K",
+                   help="average the outputs of the bundle's folds (models/fold_K/model.pt): all, or e.g. 0,2 "
+                        "(default: models/model.pt when the bundle has one, else every fold)")
     pacs = p.add_argument_group("PACS", "inputs dicomweb(s)://HOST:PORT/PATH or dimse(s)://AET@HOST:PORT; credentials "
                                         "from MEDPANOPTIC_PACS_* variables or MEDPANOPTIC_PACS_CONFIG, never here")
     pacs.add_argument("--study", help="Study Instance UID to take from a DICOM node")
@@ -282,16 +290,18 @@ def _remote_inputs(args: argparse.Namespace) -> list[str]:
 
 def run_segment(args: argparse.Namespace) -> int:
     from .cohort import segment_cohort
-    from .segment import bundle_path
+    from .segment import bundle_path, parse_folds, parse_tta
 
     check_device(args.device)
+    tta = parse_tta(args.tta_axes) if args.tta_axes else args.tta
+    folds = parse_folds(args.folds) if args.folds else None
     inputs, formats = _remote_inputs(args), _formats(args.to)
     if args.store:
         from .remote.push import STORED_FORMAT
 
         formats += [] if STORED_FORMAT in formats else [STORED_FORMAT]  # what goes back to the node
     report = segment_cohort(inputs, bundle_path(args.bundle), args.out, formats, device=args.device,
-                            resume=not args.no_resume, store=args.store)
+                            resume=not args.no_resume, store=args.store, tta=tta, folds=folds)
     if int(__import__("os").environ.get("RANK", 0)) == 0:
         print(f"{len(report.done)} case(s) segmented, {len(report.skipped)} already done, {len(report.failed)} failed"
               f" -> {args.out} (instances.csv, cases.csv, errors.csv, cohort_overview.png)")

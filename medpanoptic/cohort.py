@@ -64,9 +64,11 @@ def _files_of(scan: ScanInput) -> list[Path]:
     return [path] if path.exists() else []
 
 
-def fingerprint(scan: ScanInput, bundle: Path, formats: Sequence[str]) -> str:
+def fingerprint(scan: ScanInput, bundle: Path, formats: Sequence[str], weights: Sequence[Path] | None = None,
+                options: str = "") -> str:
     """A hash of the input files' names, sizes and modification times (for a series on a DICOM node, of
-    the instances it lists), the bundle's weights and the formats."""
+    the instances it lists), the weights inference uses (default: the bundle's `models/model.pt`), the
+    inference `options` (folds, flips) and the formats."""
     h = hashlib.sha256()
     if scan.remote is not None:  # a node's series, retrieved or not: what the node lists
         h.update(f"{scan.remote.identity}\n".encode())
@@ -74,10 +76,11 @@ def fingerprint(scan: ScanInput, bundle: Path, formats: Sequence[str]) -> str:
         for p in _files_of(scan):
             st = p.stat()
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    weights = bundle / "models" / "model.pt"
-    if weights.exists():
-        st = weights.stat()
-        h.update(f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for path in [bundle / "models" / "model.pt"] if weights is None else weights:
+        if path.exists():
+            st = path.stat()
+            h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(f"{options}\n".encode() if options else b"")
     h.update(f"{scan.series_uid}|{','.join(sorted(formats))}".encode())
     return h.hexdigest()
 
@@ -195,9 +198,12 @@ def segment_cohort(
     progress: bool = True,
     segmenter=None,
     store: str | None = None,
+    tta: bool | Sequence[int] = False,
+    folds: str | Sequence[int] | None = None,
 ) -> CohortReport:
     """Segment every case named by `inputs` (files, folders, DICOM studies, CSV manifests, DICOM node
-    addresses); see the module docstring. `store`: a DICOM node that gets each case's DICOM SEG."""
+    addresses); see the module docstring. `store`: a DICOM node that gets each case's DICOM SEG;
+    `tta`, `folds`: the averaging of `Segmenter` (a case done with other weights or flips is done again)."""
     from tqdm import tqdm
 
     from .segment import Segmenter, bundle_path
@@ -218,10 +224,11 @@ def segment_cohort(
         scans = find_scans(inputs, node_cases(out / PACS_CACHE))
         mine = scans[rank::world]
         report = CohortReport()
-        segmenter = segmenter or Segmenter.from_bundle(bundle, device=device)
+        segmenter = segmenter or Segmenter.from_bundle(bundle, device=device, tta=tta, folds=folds)
+        weights, options = getattr(segmenter, "weights", None), getattr(segmenter, "inference_options", "")
         todo = []
         for scan in mine:
-            stamp = fingerprint(scan, bundle, formats)
+            stamp = fingerprint(scan, bundle, formats, weights, options)
             if resume and is_done(out / scan.case, stamp):  # only reads: a case folder is checked before it is written
                 report.skipped.append(scan.case)
             else:

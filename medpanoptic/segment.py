@@ -193,16 +193,83 @@ class PanopticResult:
         return write_formats(self, stem, formats)
 
 
-class Segmenter:
-    """A bundle's inference, loaded once: call it on scans to get `PanopticResult`s."""
+_FOLD = re.compile(r"fold_(\d+)")
 
-    def __init__(self, bundle: str | os.PathLike, device: str | torch.device | None = None, **overrides) -> None:
+
+def bundle_folds(bundle: Path) -> dict[int, Path]:
+    """{fold: weights} of the fold ensemble a bundle holds (`models/fold_<k>/model.pt`), by fold."""
+    models = bundle / "models"
+    found = {int(m.group(1)): d / "model.pt" for d in (models.iterdir() if models.is_dir() else ())
+             if (m := _FOLD.fullmatch(d.name)) and (d / "model.pt").is_file()}
+    return dict(sorted(found.items()))
+
+
+def model_weights(bundle: Path, folds: str | Iterable[int] | None = None) -> list[Path]:
+    """The weights inference averages: `folds` "all" or fold numbers (`models/fold_<k>/model.pt`);
+    `None`: `models/model.pt` where the bundle has one, else every fold it holds."""
+    single = bundle / "models" / "model.pt"
+    available = bundle_folds(bundle)
+    if folds is None:
+        if single.is_file() or not available:
+            if not single.is_file():
+                raise InputError(single, "missing: not a medpanoptic bundle folder")
+            return [single]
+        return list(available.values())
+    if folds == "all":
+        if not available:
+            raise InputError(bundle / "models", "no fold_<k>/model.pt: the bundle holds no fold ensemble")
+        return list(available.values())
+    wanted = parse_folds(folds) if isinstance(folds, str) else [int(k) for k in folds]
+    missing = [k for k in wanted if k not in available]
+    if missing or not wanted:
+        held = ", ".join(map(str, available)) or "none"
+        raise InputError(bundle / "models", f"fold(s) {', '.join(map(str, missing)) or '(none given)'} not in "
+                                            f"this bundle (its folds: {held})")
+    return [available[k] for k in dict.fromkeys(wanted)]
+
+
+def parse_folds(text: str) -> str | list[int]:
+    """`--folds` as written: "all", or fold numbers separated by commas ("0,2")."""
+    if text.strip() == "all":
+        return "all"
+    try:
+        folds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        folds = []
+    if not folds or min(folds) < 0:
+        raise InputError(None, f"--folds {text!r}: expected 'all' or fold numbers such as 0,2")
+    return folds
+
+
+def parse_tta(text: str) -> bool | list[int]:
+    """`--tta` as written: "all" (every spatial axis), or the spatial axes to flip along ("0,1")."""
+    if text.strip() == "all":
+        return True
+    try:
+        axes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        axes = []
+    if not axes or min(axes) < 0:
+        raise InputError(None, f"--tta {text!r}: expected 'all' or spatial axes such as 0,1")
+    return axes
+
+
+class Segmenter:
+    """A bundle's inference, loaded once: call it on scans to get `PanopticResult`s.
+
+    `folds` picks the weights (`model_weights`: one model, or a fold ensemble whose outputs are
+    averaged); `tta` flips the input along every subset of the spatial axes (True) or of the axes
+    listed, and averages the outputs (`ensemble.FlipAveraged`). Both average logits, centres and
+    offsets before grouping.
+    """
+
+    def __init__(self, bundle: str | os.PathLike, device: str | torch.device | None = None,
+                 tta: bool | str | Iterable[int] = False, folds: str | Iterable[int] | None = None, **overrides) -> None:
         self.bundle = bundle_path(bundle)
         config = self.bundle / "configs" / "inference.json"
-        weights = self.bundle / "models" / "model.pt"
-        for needed in (config, weights):
-            if not needed.is_file():
-                raise InputError(needed, "missing: not a medpanoptic bundle folder")
+        if not config.is_file():
+            raise InputError(config, "missing: not a medpanoptic bundle folder")
+        self.weights = model_weights(self.bundle, folds)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         parser = bundle_config(self.bundle, config.name)
         parser["device"] = f"$torch.device('{self.device}')"
@@ -213,18 +280,43 @@ class Segmenter:
         for key, value in overrides.items():
             parser[key] = value
         self.label_set: LabelSet = parser.get_parsed_content("label_set")
-        self.network = parser.get_parsed_content("network_def").to(self.device)
-        self.network.load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
-        self.network.eval()
-        self.spatial_dims = self.network.layout.spatial_dims
+        template = parser.get_parsed_content("network_def")
+        self.networks = [self._load_network(copy.deepcopy(template), weights) for weights in self.weights]
+        self.spatial_dims = self.networks[0].layout.spatial_dims
+        self.tta = parse_tta(tta) if isinstance(tta, str) else tta if isinstance(tta, bool) else sorted({int(a) for a in tta})
+        self.network = self._inference_network()
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
         self.panoptic = parser.get_parsed_content("panoptic")
         self.invert = parser.get_parsed_content("invert")
 
+    def _load_network(self, network: torch.nn.Module, weights: Path) -> torch.nn.Module:
+        """`network` (a fresh copy of the bundle's `network_def`) with `weights`, on the device, in eval mode."""
+        network = network.to(self.device)
+        network.load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
+        return network.eval()
+
+    def _inference_network(self) -> torch.nn.Module:
+        """The loaded network, or the mean of the folds, flip-averaged when `tta` asks (`ensemble.averaged`)."""
+        from .ensemble import averaged
+
+        if self.tta and not isinstance(self.tta, bool):
+            outside = [a for a in self.tta if a >= self.spatial_dims]
+            if outside:
+                raise InputError(None, f"tta axes {outside}: the bundle {self.bundle.name} segments "
+                                       f"{self.spatial_dims}D images (spatial axes 0..{self.spatial_dims - 1})")
+        return averaged(self.networks, self.tta).eval()
+
+    @property
+    def inference_options(self) -> str:
+        """The weights and flips inference averages, in words (the cohort's resume stamp takes them in)."""
+        flips = "all axes" if self.tta is True else (",".join(map(str, self.tta)) if self.tta else "off")
+        return f"weights={','.join(str(w.relative_to(self.bundle)) for w in self.weights)} tta={flips}"
+
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, device: str | torch.device | None = None, **overrides) -> "Segmenter":
-        """Load `path`'s inference config and weights; `overrides` set config values (e.g. `nms_mm=5.0`)."""
+        """Load `path`'s inference config and weights; `overrides` set config values (e.g. `nms_mm=5.0`),
+        and `tta=` / `folds=` choose the averaging (see the class)."""
         return cls(path, device, **overrides)
 
     def load(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None) -> MetaTensor:

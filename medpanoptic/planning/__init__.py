@@ -7,8 +7,9 @@
     memory       a memory model of the planned network, checked against a measurement
     plan         the plan: decisions with their reasons, as readable JSON
     transforms   LoadCased and NormalizeChannelsd: what a generated bundle's configs use
-    bundle       the MONAI bundle folder generated from a plan
+    bundle       the generated MONAI bundle of a plan
     train        `medpanoptic train`: k-fold training of that bundle, exact resume, out-of-fold cache
+    tune         post-processing tuned on the cached out-of-fold network outputs
 
 Nothing is imported here: `medpanoptic phantom` and `medpanoptic --help` stay free of PyTorch.
 """

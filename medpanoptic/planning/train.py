@@ -358,12 +358,13 @@ def cache_fold_outputs(bundle: str | os.PathLike, fold: int) -> list[Path]:
 
 def tune(bundle: str | os.PathLike, plan: dict, cached: list[Path]) -> dict:
     """Post-processing values tuned on the cached out-of-fold outputs (`planning.tune`)."""
-    try:
-        from .tune import tune_postprocess
-    except ImportError:  # TODO(tune): branch `tune` brings tune_postprocess; until then the plan's values
-        return default_postprocess(plan)
-    return {**default_postprocess(plan), **tune_postprocess(cached, LabelSet.from_dict(plan["label_set"]),
-                                                            default_postprocess(plan))}
+    from ..postprocess import PostprocessConfig
+    from .tune import cached_cases, tune_postprocess
+
+    base = default_postprocess(plan)
+    knobs = {k: v for k, v in base.items() if k != "mode"}
+    config, _ = tune_postprocess(cached_cases(cached), LabelSet.from_dict(plan["label_set"]), PostprocessConfig(**knobs))
+    return {**base, **{k: getattr(config, k) for k in knobs}}
 
 
 def _existing_checkpoints(bundle: Path) -> list[Path]:

@@ -1,0 +1,213 @@
+"""Benchmark: the planned bundle against the shipped bundles' hand-tuned recipe, same data, same budget.
+
+    python scripts/bench/planning.py [--geometries ct,mr,nuclei_large] [--train-cases 8] [--test-cases 4]
+                                     [--epochs 20] [--fold 0] [--work DIR] [--busy N]
+    python scripts/bench/planning.py --smoke     # the smallest setting: checks that the pipeline runs
+
+Three phantom datasets (`planning.phantoms.PRESETS`), each in the layout its users have:
+
+| geometry       | layout     | what                                                        | shipped recipe       |
+| ---            | ---        | ---                                                         | ---                  |
+| `ct`           | MSD        | CT-like 0.8 x 0.8 x 2.5 mm                                  | ct_lesion_panoptic   |
+| `mr`           | nnU-Net v2 | MR-like 0.6 x 0.6 x 4 mm, two channels (T2-like, ADC-like)  | ct_lesion_panoptic   |
+| `nuclei_large` | microscopy | 2D nuclei twice the shipped size                            | nuclei_panoptic_2d   |
+
+Per geometry, two bundles are trained by the same path (`medpanoptic.planning.train.train`, one
+fold, `--epochs` epochs each: the budget, in epochs over the same training cases; the wall
+seconds of each side are printed beside it):
+
+- **planned**: `make_plan` on the dataset, as `medpanoptic plan` writes it, post-processing tuned
+  on the fold's out-of-fold outputs by training;
+- **hand-tuned**: the same plan with every decision replaced by the shipped bundle's own settings
+  (its `train.json`: spacing, intensity window, patch, network, sigma, learning rate, crops per
+  case; its `postprocess.json`: threshold, NMS, minimum size, votes), scored with the shipped
+  post-processing. The input channels are the dataset's (the recipe cannot see a second channel
+  otherwise); the recipe has no scale augmentation. Its bundle after training's own tuning is a
+  third column, to tell the network's share from the post-processing's.
+
+PQ_things of each on unseen phantoms (seeds the training never saw), on the source grid, summed
+over the test cases (dataset-level, as COCO). Goal: planned >= hand-tuned on each geometry, and
+planned >= 0.85.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load import busy_cores, describe  # noqa: E402
+
+from medpanoptic.metrics import panoptic_quality  # noqa: E402
+from medpanoptic.pair import integer_pair  # noqa: E402
+from medpanoptic.postprocess import PostprocessConfig  # noqa: E402
+from medpanoptic.segment import Segmenter, bundle_config, shipped_bundles  # noqa: E402
+from medpanoptic.transforms import PanopticPostprocess  # noqa: E402
+
+TEST_SEED = 90_000  # unseen phantoms: far from every training seed
+GOAL = 0.85
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One geometry of the benchmark: its phantom preset, its dataset layout and the shipped bundle whose recipe it meets."""
+
+    geometry: str
+    layout: str
+    shipped: str
+
+
+SETTINGS = {
+    "ct": Setting("ct", "msd", "ct_lesion_panoptic"),
+    "mr": Setting("mr", "nnunet_v2", "ct_lesion_panoptic"),
+    "nuclei_large": Setting("nuclei_large", "microscopy", "nuclei_panoptic_2d"),
+}
+
+
+# -- the two recipes --------------------------------------------------------------------------
+def planned_plan(dataset: Path, gpu_memory_gb: float) -> dict:
+    """The plan `medpanoptic plan DATASET` writes."""
+    from medpanoptic.planning.plan import make_plan
+
+    return make_plan(dataset, gpu_memory_gb=gpu_memory_gb)
+
+
+def shipped_recipe(plan: dict, shipped: str) -> dict:
+    """`plan` with its decisions replaced by the shipped bundle's hand-tuned settings (see the module notes)."""
+    root = shipped_bundles() / shipped
+    train = bundle_config(root, "train.json")
+    post = shipped_postprocess(shipped)
+    dims = int(plan["dataset"]["spatial_dims"])
+    window = _first(train, "hu_window", "intensity_range")
+    spacing = _first(train, "pixdim") or bundle_config(root, "inference.json").get("pixel_size_mm")
+    filters = list(train.get("network_def")["filters"])
+    samples = int(train.get("samples_per_volume"))
+    mean, half = (window[0] + window[1]) / 2, (window[1] - window[0]) / 2
+    values = {
+        "target_spacing_mm": [float(s) for s in spacing][:dims],
+        "normalisation": [{"channel": c, "scheme": "ct", "clip": [float(window[0]), float(window[1])],
+                           "mean": mean, "std": half} for c in plan["dataset"]["channels"]],
+        "patch_size": [int(v) for v in train.get("roi_size")],
+        "batch_size": samples,  # the shipped loaders take one case at a time, `samples_per_volume` crops of it
+        "network": {"backbone": "dynunet", "filters": filters, "kernel_size": [[3] * dims for _ in filters],
+                    "strides": [[1] * dims] + [[2] * dims for _ in filters[1:]]},
+        "sigma_mm": float(train.get("sigma_mm")),
+        "nms_mm": post.nms_mm, "min_size_mm": post.min_size_mm, "center_threshold": post.center_threshold,
+        "scale_augmentation": [1.0, 1.0],
+        "learning_rate": float(train.get("learning_rate")),
+        "samples_per_case": samples,
+    }
+    recipe = copy.deepcopy(plan)
+    reason = f"the shipped bundle {shipped}'s hand-tuned setting (configs/train.json, postprocess.json)"
+    for name, value in values.items():
+        recipe["decisions"][name] = {"value": value, "reason": reason}
+    return recipe
+
+
+def shipped_postprocess(shipped: str) -> PostprocessConfig:
+    """The shipped bundle's post-processing (its `configs/postprocess.json`)."""
+    values = json.loads((shipped_bundles() / shipped / "configs" / "postprocess.json").read_text(encoding="utf-8"))
+    knobs = ("center_threshold", "nms_mm", "top_k", "min_size_mm", "vote_sigma_mm", "vote_min", "vote_gap_mm")
+    return PostprocessConfig(**{k: values[k] for k in knobs if k in values})
+
+
+def _first(parser, *ids: str):
+    for key in ids:
+        if key in parser.get():
+            return parser.get_parsed_content(key)
+    return None
+
+
+# -- training and scoring -----------------------------------------------------------------
+def train_bundle(plan: dict, work: Path, name: str, fold: int, epochs: int) -> tuple[Path, float]:
+    """Save the plan and train one fold of its bundle; returns the bundle and the wall seconds."""
+    from medpanoptic.planning.plan import save_plan
+    from medpanoptic.planning.train import train
+
+    plan["decisions"]["epochs"] = {"value": int(epochs), "reason": "the benchmark's budget, the same on both sides"}
+    plan_path = save_plan(plan, work / f"{name}.plan.json")
+    start = time.perf_counter()
+    bundle = train(plan_path, folds=fold, epochs=epochs, out=work / f"{name}_bundle")
+    return Path(bundle), time.perf_counter() - start
+
+
+def pq_things(bundle: Path, setting: Setting, n_cases: int, postprocess: PostprocessConfig | None = None) -> float:
+    """Dataset-level PQ_things of `bundle` on unseen phantoms, on their own grids (`postprocess`: another grouping)."""
+    from medpanoptic.planning.phantoms import PRESETS, phantom_case
+
+    seg = Segmenter.from_bundle(bundle, device="cpu")
+    grouping = None if postprocess is None else PanopticPostprocess(seg.label_set, postprocess)
+    total = None
+    for i in range(n_cases):
+        phantom = phantom_case(PRESETS[setting.geometry], TEST_SEED + i)
+        pair = integer_pair(seg(phantom.image, case=f"test_{i}", postprocess=grouping).pair)
+        q = panoptic_quality(pair, phantom.pair, phantom.label_set)
+        total = q if total is None else total + q
+    return total.summary()["pq_things"]
+
+
+def run_setting(setting: Setting, args: argparse.Namespace, work: Path) -> dict:
+    """Both recipes on one geometry: a row of the table."""
+    from medpanoptic.planning.phantoms import write_phantom_dataset
+
+    work.mkdir(parents=True, exist_ok=True)
+    dataset = write_phantom_dataset(work / "dataset", setting.layout, args.train_cases, setting.geometry, seed=0)
+    plan = planned_plan(dataset, args.gpu_memory_gb)
+    recipe = shipped_recipe(plan, setting.shipped)
+    planned_bundle, planned_s = train_bundle(plan, work, "planned", args.fold, args.epochs)
+    recipe_bundle, recipe_s = train_bundle(recipe, work, "hand_tuned", args.fold, args.epochs)
+    return {
+        "geometry": setting.geometry, "layout": setting.layout, "shipped": setting.shipped,
+        "planned": pq_things(planned_bundle, setting, args.test_cases),
+        "hand_tuned": pq_things(recipe_bundle, setting, args.test_cases, shipped_postprocess(setting.shipped)),
+        "hand_tuned_retuned": pq_things(recipe_bundle, setting, args.test_cases),
+        "planned_s": planned_s, "hand_tuned_s": recipe_s,
+    }
+
+
+def print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    print(f"budget: {args.epochs} epoch(s) of fold {args.fold} on {args.train_cases} training phantoms per side; "
+          f"PQ_things on {args.test_cases} unseen phantoms per geometry, dataset level")
+    print(f"{'geometry':14}{'layout':12}{'planned':>9}{'hand-tuned':>12}{'(retuned)':>11}{'ratio':>8}"
+          f"{'planned s':>11}{'hand s':>9}{'  goal: planned >= hand-tuned and >= 0.85'}")
+    for r in rows:
+        ratio = r["planned"] / r["hand_tuned"] if r["hand_tuned"] > 0 else float("inf")
+        met = r["planned"] >= r["hand_tuned"] and r["planned"] >= GOAL
+        print(f"{r['geometry']:14}{r['layout']:12}{r['planned']:9.3f}{r['hand_tuned']:12.3f}{r['hand_tuned_retuned']:11.3f}"
+              f"{ratio:8.2f}{r['planned_s']:11.0f}{r['hand_tuned_s']:9.0f}  {'met' if met else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--geometries", default=",".join(SETTINGS), help=f"comma-separated: {', '.join(SETTINGS)}")
+    parser.add_argument("--train-cases", type=int, default=8, help="training phantoms per geometry")
+    parser.add_argument("--test-cases", type=int, default=4, help="unseen phantoms per geometry")
+    parser.add_argument("--epochs", type=int, default=20, help="the budget: epochs per side")
+    parser.add_argument("--fold", type=int, default=0, help="the fold trained on each side")
+    parser.add_argument("--gpu-memory-gb", type=float, default=24.0, help="memory budget given to the planner")
+    parser.add_argument("--work", help="folder for datasets and bundles (default: a temporary folder)")
+    parser.add_argument("--smoke", action="store_true", help="the smallest setting (1 epoch, few cases): checks it runs")
+    parser.add_argument("--busy", type=int, default=0, help="background CPU-burning processes during the run")
+    args = parser.parse_args()
+    if args.smoke:
+        args.train_cases, args.test_cases, args.epochs = 5, 1, 1
+    names = [g.strip() for g in args.geometries.split(",") if g.strip()]
+    unknown = [g for g in names if g not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown geometries {unknown} (expected some of {', '.join(SETTINGS)})")
+    with tempfile.TemporaryDirectory() as scratch, busy_cores(args.busy):
+        print(describe(args.busy))
+        work = Path(args.work or scratch)
+        rows = [run_setting(SETTINGS[g], args, work / g) for g in names]
+    print_table(rows, args)
+
+
+if __name__ == "__main__":
+    main()
