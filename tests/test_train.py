@@ -97,7 +97,7 @@ def test_generated_bundle_is_complete_and_records_what_ran(trained, plan):
     assert augmentation["medpanoptic.transforms.PanopticTargetsd"]["sigma_mm"] == "@sigma_mm"
     assert train_json["sigma_mm"] == 3.0
     fingerprint = json.loads((configs / "fingerprint.json").read_text())
-    assert fingerprint["plan_fingerprint"] == json.loads(plan.read_text())["fingerprint"]
+    assert fingerprint["plan_fingerprint"] == json.loads(plan.read_text())["fingerprint"]  # beside the domain one
     # weights: the fold's best and the bundle's; checkpoint, curves and out-of-fold cache
     fold = trained / "models" / "fold_0"
     assert torch.equal(*(torch.load(p, weights_only=True)["backbone.output_block.conv.conv.weight"]
@@ -113,6 +113,15 @@ def test_generated_bundle_is_complete_and_records_what_ran(trained, plan):
     assert entry["pred"].shape[0] == 4 + 1 + 3 and entry["pred"].shape[1:] == entry["label"].shape[1:]
     readme = (trained / "docs" / "README.md").read_text()
     assert "| fold | train cases | validation cases |" in readme and "test plan: sigma_mm" in readme
+
+
+def test_bundle_keeps_the_training_fingerprint_for_the_domain_check(trained, dataset):
+    domain = pytest.importorskip("medpanoptic.domain")
+    fingerprint = domain.load_fingerprint(trained)  # refuses a malformed one
+    assert fingerprint["n_cases"] == 4 and fingerprint["channels"] == [1] and fingerprint["spatial_dims"] == 3
+    assert fingerprint["plan_fingerprint"] == {"spacing_mm": {"median": [1.0, 1.0, 2.5]}}
+    scan = read_scan(dataset / "imagesTr" / "phantom_0700.nii.gz")
+    assert domain.check_domain(fingerprint, scan) == []  # a training scan lies inside
 
 
 def test_generated_bundle_verifies(trained, monkeypatch):

@@ -24,7 +24,7 @@ from ..labels import LabelSet
 
 SPLITS_FILE = "splits.json"
 FINGERPRINT_FILE = "fingerprint.json"
-PLAN_FINGERPRINT_KEY = "plan_fingerprint"  # the plan's dataset fingerprint, beside the domain fingerprint
+PLAN_FINGERPRINT_KEY = "plan_fingerprint"  # the plan's dataset fingerprint, beside the domain one (`domain`)
 KEY_METRIC = "val_pq"
 LOGGING_CONF = """[loggers]
 keys=root

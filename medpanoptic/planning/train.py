@@ -98,6 +98,36 @@ def fold_datalist(splits_file: str | os.PathLike, root: str | os.PathLike, fold:
     return entries
 
 
+# -- the bundle's training fingerprint -----------------------------------------------------
+def bundle_fingerprint(plan: dict) -> dict:
+    """What configs/fingerprint.json keeps of the training images for the domain check at inference:
+    `domain.domain_fingerprint` of the images and, for pictures (microscopy works in pixels), the
+    typical instance size that the scale estimate reads (`scale.instance_sizes`, at the planned pixel
+    size). Empty where medpanoptic has no domain module."""
+    try:
+        from ..domain import domain_fingerprint
+        from ..scale import instance_sizes
+    except ImportError:  # TODO(domain): branch `domain` brings both
+        return {}
+    from .transforms import load_case
+
+    root, label_set = plan["dataset"]["root"], LabelSet.from_dict(plan["label_set"])
+    in_pixels = plan["dataset"]["layout"] == "microscopy"
+    pairs = []
+
+    def images():
+        for entry in plan["cases"]:
+            image, pair = load_case(entry, label_set, root)
+            if in_pixels:
+                pairs.append(pair)
+            yield image
+
+    document = domain_fingerprint(images(), modality=plan["dataset"].get("modality"))
+    if in_pixels:
+        document["instances"] = instance_sizes(pairs, label_set.thing_ids, decision(plan, "target_spacing_mm"))
+    return document
+
+
 # -- exact resume -------------------------------------------------------------------------
 def _random_states(obj, found: list, seen: set) -> list:
     """Every numpy RandomState reachable from a transform (MONAI's randomizable transforms keep one
@@ -384,8 +414,7 @@ def train(plan_path: str | os.PathLike, folds: str | int = "all", epochs: int | 
     else:
         if _existing_checkpoints(bundle):
             raise InputError(bundle, "holds trained folds already: pass --resume to continue them, or another --out")
-        splits = splits_document(plan, seed)
-        write_bundle(plan, bundle, splits, seed)
+        write_bundle(plan, bundle, splits_document(plan, seed), seed, bundle_fingerprint(plan))
     n_folds = len(json.loads((bundle / "configs" / SPLITS_FILE).read_text(encoding="utf-8"))["folds"])
     chosen = list(range(n_folds)) if folds == "all" else [int(folds)]
     for fold in chosen:
