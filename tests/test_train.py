@@ -164,6 +164,21 @@ def test_generated_bundle_runs_with_monai_and_with_segment(trained, dataset, tmp
     assert torch.equal(a[0], b[0])
 
 
+def test_torchrun_trains_a_fold_with_gloo(plan, tmp_path):
+    """`torchrun -m medpanoptic train`: the bundle's multi_gpu_train.json (DDP, distributed samplers);
+    rank 0 writes the plain network's weights, the other rank only trains."""
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29571",
+                           "-m", "medpanoptic", "train", str(plan), "--fold", "0", "--epochs", "1", "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained ") == 1
+    state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state and not any(k.startswith("module.") for k in state)
+    history = json.loads((out / "models" / "fold_0" / "history.json").read_text())
+    assert [h["epoch"] for h in history["epochs"]] == [1] and "val_pq" in history["epochs"][0]
+
+
 class Kill:
     """Stops training like a kill would: at `iteration`, in the middle of an epoch."""
 

@@ -116,11 +116,15 @@ def normalisation(plan: dict) -> list[dict]:
              "normalisation": decision(plan, "normalisation")}]
 
 
+IMPORTS = ["$import os", "$import torch", "$from medpanoptic.labels import LabelSet"]
+TRAIN_IMPORTS = IMPORTS + ["$from medpanoptic.planning.train import fold_datalist"]
+
+
 def _common(plan: dict) -> dict:
     """What inference and training share: labels, device, grid, patch, network, post-processing."""
     keys = ("center_threshold", "nms_mm", "min_size_mm", "vote_sigma_mm", "vote_min", "vote_gap_mm", "mode")
     return {
-        "imports": ["$import os", "$import torch", "$from medpanoptic.labels import LabelSet"],
+        "imports": IMPORTS,
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": plan["dataset"]["root"],
@@ -253,8 +257,7 @@ def train_config(plan: dict, seed: int = 0) -> dict:
     """One fold of the cross-validation (`fold`, the splits in configs/splits.json), with a checkpoint
     each epoch that resumes exactly (`resume`), the best weights by validation PQ and the curves."""
     samples = int(decision(plan, "samples_per_case"))
-    common = _common(plan)
-    common["imports"] = common["imports"] + ["$from medpanoptic.planning.train import fold_datalist"]
+    common = {**_common(plan), "imports": TRAIN_IMPORTS}
     load = [
         {"_target_": "medpanoptic.planning.transforms.LoadCased", "keys": ["image", "label"],
          "label_set": "@label_set", "root": "@dataset_dir"},
@@ -345,9 +348,10 @@ def train_config(plan: dict, seed: int = 0) -> dict:
 
 
 def multi_gpu_config() -> dict:
-    """The overrides of train.json under torchrun: DDP network, distributed samplers, logging on rank 0."""
+    """The overrides of train.json under torchrun: DDP network, distributed samplers, logging on rank 0
+    (its `imports` replace train.json's, so they repeat them)."""
     return {
-        "imports": ["$import os", "$import torch", "$import torch.distributed as dist"],
+        "imports": TRAIN_IMPORTS + ["$import torch.distributed as dist"],
         "backend": "$'nccl' if torch.cuda.is_available() else 'gloo'",
         "device": "$torch.device('cuda:' + os.environ['LOCAL_RANK']) if torch.cuda.is_available() else torch.device('cpu')",
         "network": {"_target_": "torch.nn.parallel.DistributedDataParallel", "module": "$@network_def.to(@device)",

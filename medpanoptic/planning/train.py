@@ -198,10 +198,9 @@ def restore_rng_states(states: dict, datasets: Iterable) -> None:
         _restore(g, state)
 
 
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+def _is_rank_zero() -> bool:
+    """Whether this process writes (under torchrun, rank 0 alone; the others only train)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class TrainingCheckpoint:
@@ -265,7 +264,7 @@ class TrainingCheckpoint:
             metrics = self.validator.state.metrics
             record.update({k: float(v) for k, v in metrics.items() if k.startswith("val_")})
         self.history.append(record)
-        if not _is_main_process():
+        if not _is_rank_zero():
             return
         if validated and record.get(self.key_metric, -1.0) > self.best["metric"]:
             self.best = {"metric": record[self.key_metric], "epoch": engine.state.epoch}
@@ -322,9 +321,9 @@ def fold_parser(bundle: str | os.PathLike, fold: int, epochs: int | None = None,
 
 
 def train_fold(bundle: str | os.PathLike, fold: int, epochs: int | None = None, resume: bool = False,
-               overrides: dict | None = None, handlers: Sequence = ()) -> dict:
+               overrides: dict | None = None, handlers: Sequence = ()) -> dict | None:
     """Run the bundle's train.json for one fold (`handlers`: more ignite handlers for the trainer);
-    returns the fold's best validation figures."""
+    returns the fold's best validation figures (None on the other ranks under torchrun)."""
     parser = fold_parser(bundle, fold, epochs, resume, overrides)
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")
@@ -339,7 +338,7 @@ def train_fold(bundle: str | os.PathLike, fold: int, epochs: int | None = None, 
     finally:
         if "finalize" in parser:
             parser.get_parsed_content("finalize")
-    return fold_summary(bundle, fold)
+    return fold_summary(bundle, fold) if _is_rank_zero() else None
 
 
 def fold_summary(bundle: str | os.PathLike, fold: int) -> dict:
@@ -423,9 +422,9 @@ def train(plan_path: str | os.PathLike, folds: str | int = "all", epochs: int | 
     summaries, cached = [], []
     for fold in chosen:
         summaries.append(train_fold(bundle, fold, epochs, resume, overrides, handlers))
-        if int(os.environ.get("RANK", "0")) == 0:  # torchrun: the other ranks only train
+        if _is_rank_zero():
             cached += cache_fold_outputs(bundle, fold)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not _is_rank_zero():
         return bundle
     best = max(summaries, key=lambda s: s["pq"] if np.isfinite(s["pq"]) else -1.0)
     shutil.copyfile(bundle / "models" / f"fold_{best['fold']}" / BEST, bundle / "models" / BEST)
@@ -458,5 +457,6 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise InputError(None, f"--epochs must be at least 1, got {args.epochs}")
     bundle = train(args.plan, args.fold, args.epochs, args.resume, args.out, args.seed)
-    print(f"trained {bundle} (models/model.pt; cross-validation in docs/README.md)")
+    if _is_rank_zero():
+        print(f"trained {bundle} (models/model.pt; cross-validation in docs/README.md)")
     return 0
