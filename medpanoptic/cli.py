@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -105,7 +106,10 @@ def run_info(args: argparse.Namespace) -> int:
 
 # -- phantom ------------------------------------------------------------------------------
 def _configure_phantom(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", help="folder to create (Medical Segmentation Decathlon layout unless --layout)")
+    p.add_argument("out", nargs="?", help="folder to create (Medical Segmentation Decathlon layout unless --layout)")
+    p.add_argument("--out", dest="out_option", metavar="DIR", help="the same folder, as an option")
+    p.add_argument("--wsi", action="store_true", help="a pyramidal whole-slide TIFF at 0.5 µm/px with its truth as OME-Zarr")
+    p.add_argument("--size", type=int, default=16384, help="--wsi: slide width and height in pixels (default 16384)")
     p.add_argument("--n", "--cases", type=int, default=4, help="number of cases (default 4)")
     p.add_argument("--dims", type=int, choices=(2, 3), default=3, help="3: CT lesions, 2: microscopy nuclei")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
@@ -130,6 +134,11 @@ def run_phantom(args: argparse.Namespace) -> int:
     from .io.dicom_write import write_dicom_series
     from .synthetic import make_phantom, oblique_direction
 
+    args.out = args.out or args.out_option
+    if not args.out:
+        raise MedPanopticError("give the output folder (OUT or --out DIR)")
+    if args.wsi:
+        return _run_wsi_phantom(args)
     if args.n < 1:
         raise MedPanopticError(f"--n must be at least 1, got {args.n}")
     if args.layout != "msd" or args.preset or args.channels or args.thing_scale or args.format:
@@ -177,6 +186,17 @@ def run_phantom(args: argparse.Namespace) -> int:
     path = write_dataset_json(out, f"medpanoptic phantoms {args.dims}D", label_set, modality, args.dims, training)
     print(f"wrote {args.n} case(s) to {out} ({path.name}, imagesTr/, labelsTr/, instancesTr/"
           f"{', dicom/' if args.dicom else ''})")
+    return 0
+
+
+def _run_wsi_phantom(args: argparse.Namespace) -> int:
+    from .wsi.phantom import write_wsi_phantom
+
+    if args.size < 64:
+        raise MedPanopticError(f"--size must be at least 64 pixels, got {args.size}")
+    ph = write_wsi_phantom(args.out, args.size, seed=args.seed)
+    print(f"wrote a {ph.shape[0]} x {ph.shape[1]} slide at {ph.pixel_size_mm * 1000:g} µm/px to {ph.image} with "
+          f"{ph.n_nuclei} nuclei ({ph.n_on_border} centred on tile borders); truth: {ph.truth}, {ph.nuclei}")
     return 0
 
 
@@ -248,9 +268,22 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
                    help="name of a shipped bundle (default ct_lesion_panoptic) or a bundle folder given as a path "
                         "(./mine); a bundle is code, like any MONAI bundle: run only bundles you trust")
     p.add_argument("--out", required=True, help="output folder: one sub-folder per case, cohort CSVs and overview beside them")
-    p.add_argument("--to", default="nifti,table,png", help=f"comma-separated formats: {', '.join(FORMAT_NAMES)} (default nifti,table,png)")
+    p.add_argument("--to", help=f"comma-separated formats: {', '.join(FORMAT_NAMES)} (default nifti,table,png; "
+                                f"whole slides: {SLIDE_DEFAULT_FORMATS})")
     p.add_argument("--device", help="torch device (default: cuda when available, under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--no-resume", action="store_true", help="segment every case again, even those already done")
+    p.add_argument("--strict-domain", action="store_true",
+                   help="refuse a scan far outside the bundle's training domain (its configs/fingerprint.json) "
+                        "instead of a warning and a 'domain' column in cases.csv")
+    p.add_argument("--pixel-size", type=_floats, metavar="UM",
+                   help="2D images and slides: the pixel size in µm (one value, or one per axis), instead of the "
+                        "file's or, for files without one (PNG, JPEG, most TIFF), the estimate from the objects' size")
+    wsi = p.add_argument_group("whole slides", "pyramidal or large images (SVS, NDPI, MRXS, OME-TIFF, DICOM WSI, "
+                                               "OME-Zarr) take the tiled path by themselves")
+    wsi.add_argument("--roi", type=_ints, help="only this region, x,y,w,h in level-0 pixels (3D: x,y,z,w,h,d)")
+    wsi.add_argument("--scheduler", help="map the tiles on this dask.distributed scheduler (tcp://HOST:PORT)")
+    wsi.add_argument("--tile", type=int, help="tile core in pixels at the bundle's pixel size (default ~512 in 2D)")
+    wsi.add_argument("--gzip", action="store_true", help="write the GeoJSON gzipped (.geojson.gz)")
     p.add_argument("--tta", action="store_true",
                    help="flip test-time augmentation: average the outputs over flips along every subset of the spatial "
                         "axes (4 passes in 2D, 8 in 3D); logits and heads averaged before grouping")
@@ -269,8 +302,85 @@ def _configure_segment(p: argparse.ArgumentParser) -> None:
     pacs.add_argument("--store", help="send each case's DICOM SEG to this node (dicomweb://... or dimse://...), once")
 
 
-def _formats(text: str) -> list[str]:
+SLIDE_DEFAULT_FORMATS = "geojson,zarr,table"
+TILED_PIXELS = 8192 * 8192
+"""Images with more pixels than this (or with a pyramid) take the tiled path."""
+
+
+def _slide_inputs(args: argparse.Namespace):
+    """The slides among the inputs, opened lazily: pyramidal or larger than `TILED_PIXELS` (others take the
+    in-memory path), or every input when a whole-slide option was given."""
+    from .errors import InputError
+    from .wsi.readers import OPENSLIDE_SUFFIXES, open_slide
+
+    wsi_options = any(getattr(args, k) for k in ("roi", "scheduler", "tile"))
+    slides = []
+    for text in args.inputs:
+        path = Path(text)
+        lower = path.name.lower()
+        candidate = lower.endswith(OPENSLIDE_SUFFIXES + (".tif", ".tiff", ".zarr", ".btf")) or wsi_options
+        if not candidate or "://" in text or not path.exists():
+            continue
+        pixel = _pixel_size_mm(args.pixel_size)
+        try:
+            slide = open_slide(path, pixel_size_mm=pixel[0] if pixel and len(pixel) == 1 else pixel)
+        except InputError:
+            if wsi_options or not _plain_tiff(lower):
+                raise
+            continue  # a plain TIFF that is no slide (no pixel size, one page): the scan readers take it
+        pixels = math.prod(slide.shape)
+        if len(slide.levels) > 1 or pixels > TILED_PIXELS or lower.endswith(OPENSLIDE_SUFFIXES) or wsi_options:
+            slides.append(slide)
+        else:
+            slide.close()
+    if slides and len(slides) != len(args.inputs):
+        raise MedPanopticError("give whole slides on their own: they take the tiled path, the other inputs do not")
+    return slides
+
+
+def _pixel_size_mm(um: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """`--pixel-size` (µm, as pathology states it) in mm, the unit of every other length here."""
+    if um is None:
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in um):
+        raise MedPanopticError(f"--pixel-size must be positive µm, got {um}")
+    return tuple(v / 1000.0 for v in um)
+
+
+def _plain_tiff(name: str) -> bool:
+    return name.endswith((".tif", ".tiff")) and not name.endswith((".ome.tif", ".ome.tiff"))
+
+
+def run_segment_slides(args: argparse.Namespace, slides) -> int:
+    """The tiled path: each slide segmented tile by tile into OUT/<slide>.*, resumable."""
+    from .io.paths import unique_components
+    from .segment import Segmenter
+    from .wsi.infer import segment_slide
+    from .wsi.writers import SLIDE_FORMATS
+
+    formats = [f.strip() for f in (args.to or SLIDE_DEFAULT_FORMATS).split(",") if f.strip()]
+    other = [f for f in formats if f not in SLIDE_FORMATS]
+    if other:
+        why = (": highdicom's Segmentation (tile_pixel_array=True) takes the whole total pixel matrix as one "
+               "in-memory array, which the tiled path never holds" if any(f.startswith("dicom-seg") for f in other) else "")
+        raise MedPanopticError(f"a whole slide is written as {', '.join(SLIDE_FORMATS)}, not {', '.join(other)}{why}")
+    segmenter = Segmenter(args.bundle, args.device)
+    names = unique_components([s.path.name.split(".")[0] if s.path else "slide" for s in slides], "slide")
+    for slide, name in zip(slides, names):
+        with contextlib.closing(slide):
+            run = segment_slide(slide, segmenter, args.out, formats, stem=name, roi=args.roi, core=args.tile,
+                                scheduler=args.scheduler, resume=not args.no_resume, progress=True,
+                                gzip_geojson=args.gzip)
+        done = f" ({run.resumed_tiles} done before)" if run.resumed_tiles else ""
+        print(f"{slide.path}: {run.instances} instances in {len(run.grid.tiles)} tiles{done} -> "
+              f"{', '.join(str(p) for p in run.written.values())}")
+    return 0
+
+
+def _formats(text: str | None) -> list[str]:
     from .io.formats import check_formats
+
+    text = text or "nifti,table,png"
 
     formats = check_formats(f.strip() for f in text.split(",") if f.strip())
     return formats if "table" in formats else formats + ["table"]  # the cohort summary is built from the tables
@@ -293,6 +403,9 @@ def run_segment(args: argparse.Namespace) -> int:
     from .segment import bundle_path, parse_folds, parse_tta
 
     check_device(args.device)
+    slides = _slide_inputs(args)
+    if slides:
+        return run_segment_slides(args, slides)
     tta = parse_tta(args.tta_axes) if args.tta_axes else args.tta
     folds = parse_folds(args.folds) if args.folds else None
     inputs, formats = _remote_inputs(args), _formats(args.to)
@@ -301,7 +414,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
         formats += [] if STORED_FORMAT in formats else [STORED_FORMAT]  # what goes back to the node
     report = segment_cohort(inputs, bundle_path(args.bundle), args.out, formats, device=args.device,
-                            resume=not args.no_resume, store=args.store, tta=tta, folds=folds)
+                            resume=not args.no_resume, store=args.store, strict_domain=args.strict_domain,
+                            pixel_size=_pixel_size_mm(args.pixel_size), tta=tta, folds=folds)
     if int(__import__("os").environ.get("RANK", 0)) == 0:
         print(f"{len(report.done)} case(s) segmented, {len(report.skipped)} already done, {len(report.failed)} failed"
               f" -> {args.out} (instances.csv, cases.csv, errors.csv, cohort_overview.png)")

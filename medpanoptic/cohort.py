@@ -115,7 +115,8 @@ def _write_case(result, out: Path, scan: ScanInput, formats: Sequence[str], stam
     try:
         written = result.save(tmp / scan.case, formats)
         record = {"case": scan.case, "input": str(scan.path), "series_uid": scan.series_uid, "fingerprint": stamp,
-                  "n_instances": result.n_instances, "files": sorted(p.name for p in written.values())}
+                  "n_instances": result.n_instances, "files": sorted(p.name for p in written.values()),
+                  "domain": result.domain, "scale": result.scale}
         (tmp / DONE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         if case_dir.is_symlink():  # replacing it would remove what it points to
             raise InputError(case_dir, "a link where a case folder belongs; refusing to replace it")
@@ -198,12 +199,15 @@ def segment_cohort(
     progress: bool = True,
     segmenter=None,
     store: str | None = None,
+    strict_domain: bool = False,
+    pixel_size: float | Sequence[float] | None = None,
     tta: bool | Sequence[int] = False,
     folds: str | Sequence[int] | None = None,
 ) -> CohortReport:
     """Segment every case named by `inputs` (files, folders, DICOM studies, CSV manifests, DICOM node
     addresses); see the module docstring. `store`: a DICOM node that gets each case's DICOM SEG;
-    `tta`, `folds`: the averaging of `Segmenter` (a case done with other weights or flips is done again)."""
+    `strict_domain`, `pixel_size`, `tta`, `folds`: as `Segmenter`'s (a scan refused as out of domain is a
+    failed case; a case done with other weights, flips or pixel size is done again)."""
     from tqdm import tqdm
 
     from .segment import Segmenter, bundle_path
@@ -224,8 +228,11 @@ def segment_cohort(
         scans = find_scans(inputs, node_cases(out / PACS_CACHE))
         mine = scans[rank::world]
         report = CohortReport()
-        segmenter = segmenter or Segmenter.from_bundle(bundle, device=device, tta=tta, folds=folds)
+        segmenter = segmenter or Segmenter.from_bundle(bundle, device=device, tta=tta, folds=folds,
+                                                       strict_domain=strict_domain, pixel_size=pixel_size)
         weights, options = getattr(segmenter, "weights", None), getattr(segmenter, "inference_options", "")
+        if pixel_size:
+            options += f"|pixel_size={pixel_size}"
         todo = []
         for scan in mine:
             stamp = fingerprint(scan, bundle, formats, weights, options)
@@ -362,6 +369,18 @@ def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
             writer.writerows(rows)
 
 
+def _domain_cell(done: Path) -> str:
+    """The `domain` cell of a case: "ok", the reasons the scan lies outside the bundle's training
+    domain joined by "; ", or "not checked" (a bundle without a fingerprint, a case done before)."""
+    try:
+        domain = json.loads(done.read_text(encoding="utf-8")).get("domain")
+    except (OSError, json.JSONDecodeError):
+        domain = None
+    if not isinstance(domain, dict):
+        return "not checked"
+    return "ok" if domain.get("ok") else "; ".join(str(r) for r in domain.get("reasons", []))
+
+
 def write_cohort_summary(out: Path, cases: Sequence[str], report: CohortReport, label_set) -> list[Path]:
     """`instances.csv`, `cases.csv`, `errors.csv` and `cohort_overview.png` from the case folders in `out`."""
     from .io.qc import cohort_overview
@@ -382,6 +401,7 @@ def write_cohort_summary(out: Path, cases: Sequence[str], report: CohortReport, 
         for c in label_set:
             if c.is_thing:
                 row[f"n_{c.name}"] = sum(1 for r in rows if r["class"] == c.name)
+        row["domain"] = _domain_cell(case_folder(out, case) / DONE)
         case_rows.append(row)
     paths = [out / "instances.csv", out / "cases.csv", out / "errors.csv"]
     _csv(paths[0], instance_rows, ["case"])

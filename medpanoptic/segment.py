@@ -12,12 +12,14 @@ grouping, inversion), so a script gets exactly what `python -m monai.bundle run`
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from monai.data import MetaTensor
@@ -30,7 +32,11 @@ from .labels import LabelSet
 from .pair import PairStats, check_pair
 
 if TYPE_CHECKING:
+    from .domain import DomainCheck
+    from .scale import ScaleEstimate
     from .transforms import PanopticPostprocess
+
+log = logging.getLogger(__name__)
 
 BUNDLES_ENV = "MEDPANOPTIC_BUNDLES"
 
@@ -119,6 +125,8 @@ class PanopticResult:
     source: MetaTensor | None = None  # the scan as read: DICOM identity for SEG, intensities for the table
     case: str = "case"
     dropped_instances: int = 0  # found on the network's grid, but with no voxel left on the source grid
+    domain: dict | None = None  # {"ok", "reasons"}: the scan against the bundle's training fingerprint; None: not checked
+    scale: dict | None = None  # how a 2D image was rescaled to the bundle's scale (`scale.ScaleEstimate.to_dict`)
 
     @property
     def label(self) -> torch.Tensor:
@@ -185,10 +193,11 @@ class PanopticResult:
     def save(self, stem: str | os.PathLike, formats: Iterable[str] = ("nifti", "table")) -> dict[str, Path]:
         """Write the chosen formats beside `stem` (the names of `io.formats.WRITERS`: `nifti`, label +
         instance maps and JSON; the viewer exports; `table`; `png`, the QC montage). DICOM SEG is
-        written only for DICOM sources. Returns every path by name."""
+        written only for DICOM sources, GeoJSON only for 2D results. Returns every path by name."""
         formats = check_formats(formats)
         if not self.is_dicom:  # a DICOM SEG references DICOM source slices: NIfTI and other sources have none
             formats = [f for f in formats if not WRITERS[f].needs_dicom]
+        formats = [f for f in formats if self.pair.ndim - 1 in WRITERS[f].spatial_dims]  # GeoJSON: 2D only
         Path(stem).parent.mkdir(parents=True, exist_ok=True)
         return write_formats(self, stem, formats)
 
@@ -263,8 +272,14 @@ class Segmenter:
     offsets before grouping.
     """
 
-    def __init__(self, bundle: str | os.PathLike, device: str | torch.device | None = None,
-                 tta: bool | str | Iterable[int] = False, folds: str | Iterable[int] | None = None, **overrides) -> None:
+    def __init__(self, bundle: str | os.PathLike, device: str | torch.device | None = None, *,
+                 tta: bool | str | Iterable[int] = False, folds: str | Iterable[int] | None = None,
+                 strict_domain: bool = False, pixel_size: float | Sequence[float] | None = None,
+                 estimate_scale: bool = True, **overrides) -> None:
+        """`strict_domain`: refuse (InputError) a scan far outside the bundle's training fingerprint,
+        instead of a warning. `pixel_size` (mm) replaces a 2D image's own (or missing) pixel size;
+        `estimate_scale` False turns off the object-size estimate for 2D images without one.
+        `overrides` set config values (e.g. `nms_mm=5.0`)."""
         self.bundle = bundle_path(bundle)
         config = self.bundle / "configs" / "inference.json"
         if not config.is_file():
@@ -289,6 +304,23 @@ class Segmenter:
         self.inferer = parser.get_parsed_content("inferer")
         self.panoptic = parser.get_parsed_content("panoptic")
         self.invert = parser.get_parsed_content("invert")
+        self._init_domain_and_scale(parser, strict_domain, pixel_size, estimate_scale)
+
+    def _init_domain_and_scale(self, parser, strict_domain: bool, pixel_size, estimate_scale: bool) -> None:
+        from .domain import load_fingerprint
+
+        self.strict_domain = strict_domain
+        self.fingerprint = load_fingerprint(self.bundle)
+        if self.fingerprint is None:
+            log.warning("bundle %s has no configs/fingerprint.json: scans are not checked against its training domain",
+                        self.bundle.name)
+        native = parser.get_parsed_content("pixel_size_mm") if "pixel_size_mm" in parser else None
+        self.native_pixel_size_mm = None if native is None else float(native[0])  # 2D bundles: the scale they expect
+        self.pixel_size = None if pixel_size is None else _pixel_size(pixel_size, self.spatial_dims)
+        if self.pixel_size is not None and self.native_pixel_size_mm is None:
+            raise InputError(self.bundle, "a pixel size is only taken by 2D bundles that state theirs (pixel_size_mm)")
+        self.target_diameter_px = _target_diameter_px(self.fingerprint)
+        self.estimate_scale = estimate_scale and self.target_diameter_px is not None
 
     def _load_network(self, network: torch.nn.Module, weights: Path) -> torch.nn.Module:
         """`network` (a fresh copy of the bundle's `network_def`) with `weights`, on the device, in eval mode."""
@@ -368,11 +400,81 @@ class Segmenter:
         from .transforms import source_grid_pair
 
         image = self.load(scan, series_uid)
-        data = self.infer(image, postprocess)
-        if data["pred"].shape[1:] != image.shape[1:]:
+        domain = self.check_domain(image)
+        values, scores, dropped, scale = self._segment(image, postprocess)
+        if values.shape[1:] != image.shape[1:]:
             raise InputError(image.meta.get("filename_or_obj"), "the inverted result is not on the scan's grid")
-        values, scores, dropped = source_grid_pair(data, "pred", image.affine)
         pair = MetaTensor(values, affine=image.affine.clone(),
                           meta={"filename_or_obj": image.meta.get("filename_or_obj"), **source_identity(image.meta)})
         name = case or case_name(image.meta.get("filename_or_obj", "case"))
-        return PanopticResult(pair, self.label_set, scores, image, name, dropped_instances=len(dropped))
+        return PanopticResult(pair, self.label_set, scores, image, name, dropped_instances=len(dropped),
+                              domain=domain.to_dict() if domain.checked else None,
+                              scale=None if scale is None else scale.to_dict())
+
+    def check_domain(self, image: MetaTensor) -> "DomainCheck":
+        """The scan against the bundle's training fingerprint (`domain.check_domain`): a scan far
+        outside it is logged as a warning naming it and the reasons, or refused with `strict_domain`."""
+        from .domain import domain_check
+
+        check = domain_check(self.fingerprint, image, self.pixel_size)
+        if check.ok:
+            return check
+        source = image.meta.get("filename_or_obj", "image")
+        if self.strict_domain:
+            raise InputError(source, f"outside the training domain of bundle {self.bundle.name}: {check.summary()} "
+                                     "(refused: --strict-domain)")
+        log.warning("%s: outside the training domain of bundle %s: %s", source, self.bundle.name, check.summary())
+        return check
+
+    def _segment(self, image: MetaTensor, postprocess) -> tuple[torch.Tensor, dict, list, "ScaleEstimate | None"]:
+        """The pair on the source grid, scores, dropped ids and how the image was rescaled: a 2D
+        image goes to the network at the bundle's pixel size, from the pixel size given, the
+        file's, or the estimate from its objects (`scale`); 3D scans as the bundle resamples them."""
+        from .io.scan import PIXEL_SIZE_KNOWN
+        from .scale import ScaleEstimate, clamp_factor, estimate_and_segment, segment_scaled
+
+        def segment(work: MetaTensor) -> dict:
+            return self.infer(work, postprocess)
+
+        if self.native_pixel_size_mm is None:
+            return (*segment_scaled(segment, image, 1.0, self.label_set.thing_ids)[:3], None)
+        if self.pixel_size is not None or image.meta.get(PIXEL_SIZE_KNOWN, True):
+            method = "given" if self.pixel_size is not None else "file"
+            size = float(self.pixel_size[0]) if self.pixel_size is not None else float(_image_pixel_size(image))
+            factor = clamp_factor(size / self.native_pixel_size_mm)
+            factor = 1.0 if math.isclose(factor, 1.0, rel_tol=1e-6) else factor
+            return (*segment_scaled(segment, image, factor, self.label_set.thing_ids)[:3],
+                    ScaleEstimate(factor, method, pixel_size_mm=size))
+        if not self.estimate_scale:
+            return (*segment_scaled(segment, image, 1.0, self.label_set.thing_ids)[:3], ScaleEstimate(1.0, "none"))
+        values, scores, dropped, estimate = estimate_and_segment(segment, image, self.label_set.thing_ids,
+                                                                 self.target_diameter_px)
+        report = log.warning if estimate.factor != 1.0 else log.info
+        report("%s: no pixel size in the file; objects about %.1f px wide, rescaled by %.3g to the bundle's "
+               "%.1f px (give --pixel-size to override)", image.meta.get("filename_or_obj", "image"),
+               estimate.estimated_diameter_px or float("nan"), estimate.factor, self.target_diameter_px)
+        return values, scores, dropped, estimate
+
+
+def _pixel_size(value: float | Sequence[float], ndim: int) -> tuple[float, ...]:
+    """A pixel size in mm, one value or one per axis, all equal (the scale path rescales isotropically)."""
+    sizes = (float(value),) * ndim if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+    if len(sizes) != ndim or not all(math.isfinite(v) and v > 0 for v in sizes) or len(set(sizes)) > 1:
+        raise InputError(None, f"pixel size {value!r}: expected one positive number of mm (or {ndim} equal ones)")
+    return sizes
+
+
+def _target_diameter_px(fingerprint: dict | None) -> float | None:
+    """The object diameter (px) the scale estimate rescales to: as measured on the bundle's own output
+    at its native scale when the fingerprint has it (like compared with like), else on the training truth."""
+    instances = (fingerprint or {}).get("instances") or {}
+    if instances.get("predicted_typical_diameter_px"):
+        return float(instances["predicted_typical_diameter_px"])
+    typical = instances.get("typical_diameter_px")
+    return float(typical[0]) if typical else None
+
+
+def _image_pixel_size(image: MetaTensor) -> float:
+    from .io.geometry import spacing_from_affine
+
+    return float(spacing_from_affine(image.affine.numpy(), image.ndim - 1).mean())

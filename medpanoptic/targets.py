@@ -3,6 +3,9 @@
 - semantic: the label channel (class ids, 0 = background);
 - center: a heatmap with a Gaussian at each thing instance's centroid, its width given in mm
   (`sigma_mm`), so a lesion on 5 mm slices gets the same physical blob as on 1 mm slices;
+  with `sigma_fraction`, a large instance gets a blob of that fraction of its own equivalent
+  radius (never narrower than `sigma_mm`): a narrow peak in a big nucleus is far from most of
+  its pixels, and the network learns several local peaks there and cuts the nucleus in two;
 - offset: for every thing voxel, the vector (in voxels, one channel per axis) to its
   instance's centroid;
 - offset_weight: 1 on thing voxels, 0 elsewhere (offsets are learnt only where they mean something).
@@ -28,6 +31,7 @@ def panoptic_targets(
     label_set: LabelSet,
     spacing: Sequence[float],
     sigma_mm: float,
+    sigma_fraction: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Targets of one (2, *spatial) pair: `semantic` (1, *sp) int64, `center` (1, *sp) float32,
     `offset` (ndim, *sp) float32 and `offset_weight` (1, *sp) float32."""
@@ -36,7 +40,7 @@ def panoptic_targets(
     shape = label.shape
     ndim = label.ndim
     spacing = np.asarray(spacing, dtype=np.float64)[:ndim]
-    sigma = sigma_mm / spacing  # in voxels, per axis
+    fixed_sigma = sigma_mm / spacing  # in voxels, per axis
     things = np.isin(label, label_set.thing_ids) & (instance > 0)
     instance = np.where(things, instance, 0)
 
@@ -47,6 +51,10 @@ def panoptic_targets(
         raise PanopticError("negative label or instance ids in the ground truth")
     for inst in stats.ids.tolist():
         c = stats.coordinate_sums[inst, :ndim] / stats.instance_voxels[inst]
+        sigma = fixed_sigma
+        if sigma_fraction:
+            radius_mm = equivalent_radius_mm(int(stats.instance_voxels[inst]), spacing)
+            sigma = np.maximum(fixed_sigma, sigma_fraction * radius_mm / spacing)
         lo = np.maximum(np.floor(c - 3 * sigma).astype(int), 0)
         hi = np.minimum(np.ceil(c + 3 * sigma).astype(int) + 1, shape)
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
@@ -64,6 +72,14 @@ def panoptic_targets(
         "offset": torch.from_numpy(offset),
         "offset_weight": torch.from_numpy(things[None].astype(np.float32)),
     }
+
+
+def equivalent_radius_mm(voxels: int, spacing: Sequence[float]) -> float:
+    """The radius of the disc (2D) or ball (3D) with the physical size of `voxels` voxels."""
+    size = voxels * float(np.prod(spacing))
+    if len(spacing) == 2:
+        return float(np.sqrt(size / np.pi))
+    return float((3.0 * size / (4.0 * np.pi)) ** (1.0 / 3.0))
 
 
 TARGET_ORDER = ("semantic", "center", "offset", "offset_weight")

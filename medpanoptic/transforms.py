@@ -152,17 +152,20 @@ class PanopticTargets(Transform):
 
     Use it after the spatial augmentation, so centres and offsets match the cropped, flipped grid.
     The Gaussian width is in mm, converted with the pair's own spacing, or with `spacing` where
-    the files carry none (microscopy PNGs: pass the scanner's pixel size).
+    the files carry none (microscopy PNGs: pass the scanner's pixel size). `sigma_fraction`
+    widens the blob of large instances to that fraction of their equivalent radius.
     """
 
-    def __init__(self, label_set: LabelSet | str, sigma_mm: float, spacing: Sequence[float] | None = None) -> None:
+    def __init__(self, label_set: LabelSet | str, sigma_mm: float, spacing: Sequence[float] | None = None,
+                 sigma_fraction: float | None = None) -> None:
         self.label_set = _as_label_set(label_set)
         self.sigma_mm = sigma_mm
         self.spacing = spacing
+        self.sigma_fraction = sigma_fraction
 
     def __call__(self, pair: torch.Tensor) -> torch.Tensor:
         spacing = self.spacing or _spacing(pair, pair.ndim - 1)
-        packed = pack_targets(panoptic_targets(pair, self.label_set, spacing, self.sigma_mm))
+        packed = pack_targets(panoptic_targets(pair, self.label_set, spacing, self.sigma_mm, self.sigma_fraction))
         return MetaTensor(packed, meta=dict(pair.meta)) if isinstance(pair, MetaTensor) else packed
 
 
@@ -242,9 +245,9 @@ class PanopticTargetsd(MapTransform):
 
     def __init__(self, keys: KeysCollection, label_set: LabelSet | str, sigma_mm: float,
                  target_key: str | None = None, spacing: Sequence[float] | None = None,
-                 allow_missing_keys: bool = False) -> None:
+                 sigma_fraction: float | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.targets = PanopticTargets(label_set, sigma_mm, spacing)
+        self.targets = PanopticTargets(label_set, sigma_mm, spacing, sigma_fraction)
         self.target_key = target_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:

@@ -127,6 +127,8 @@ class Writer:
     check: Callable[[Result], None] | None = None
     requires: tuple[str, ...] = ()
     """Formats whose files this one references; `write_formats` writes them first when not asked for."""
+    spatial_dims: tuple[int, ...] = (2, 3)
+    """The dimensions of the results it can hold (GeoJSON: 2D contours only)."""
 
 
 def _write_nifti(result: Result, stem) -> dict[str, Path]:
@@ -135,6 +137,9 @@ def _write_nifti(result: Result, stem) -> dict[str, Path]:
     source = str(result.source.meta.get("filename_or_obj", "")) if result.source is not None else ""
     extra = {"case": result.case, "source": source, "scores": {str(k): v for k, v in (result.scores or {}).items()},
              "dropped_instances": result.dropped_instances}
+    for key in ("domain", "scale"):  # what inference knew of the scan: its training domain, its rescaling
+        if getattr(result, key, None) is not None:
+            extra[key] = getattr(result, key)
     written = write_panoptic(result.pair, stem, result.label_set, extra=extra, instances=result.instance_table)
     return {f"nifti_{k}": v for k, v in written.items()}
 
@@ -215,6 +220,15 @@ def _write_png(result: Result, stem) -> dict[str, Path]:
                               stats=result.pair_stats)}
 
 
+def _slide_writer(fmt: str) -> WriteFn:
+    def write(result: Result, stem) -> dict[str, Path]:
+        from ..wsi.writers import write_result
+
+        return write_result(result, stem, fmt)
+
+    return write
+
+
 WRITERS: dict[str, Writer] = {w.name: w for w in (
     Writer("nifti", tuple(PANOPTIC_SUFFIXES[k] for k in ("label", "instance", "json")), _write_nifti,
            "label and instance maps (NIfTI) and the label set with the instance table (JSON)"),
@@ -230,6 +244,12 @@ WRITERS: dict[str, Writer] = {w.name: w for w in (
     Writer("table", ("_instances.csv", "_instances.json"), _write_table, "the instance table (CSV and JSON)"),
     Writer("tiff", tuple(TIFF_SUFFIXES.values()), _write_tiff, "label and instance maps as TIFF, numpy's axis order"),
     Writer("png", ("_qc.png",), _write_png, "the QC montage"),
+    Writer("zarr", (".ome.zarr",), _slide_writer("zarr"), "OME-Zarr (NGFF 0.4) label and instance images, multiscale"),
+    Writer("geojson", (".geojson",), _slide_writer("geojson"), "QuPath GeoJSON: one detection per instance (contour)",
+           spatial_dims=(2,)),
+    Writer("centroids", ("_centroids.geojson",), _slide_writer("centroids"), "QuPath GeoJSON of the instances' centroids",
+           spatial_dims=(2,)),
+    Writer("parquet", ("_instances.parquet",), _slide_writer("parquet"), "the instance table as Parquet (slide columns)"),
 )}
 FORMAT_NAMES = tuple(WRITERS)
 

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from .dicom_read import is_dicom_file, read_dicom
 from .formats import SCAN_SUFFIXES, ScanFormat, scan_format, scan_suffix
-from .geometry import check_spacing
+from .geometry import check_spacing, spacing_from_affine
 from .itk import array_from_sitk
 from .itk_header import check_header_geometry, check_payload, read_text_header
 from .limits import check_scan_size
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from monai.data import MetaTensor
 
 FILENAME_KEY = "filename_or_obj"  # MONAI's ImageMetaKey.FILENAME_OR_OBJ, without importing MONAI
+PIXEL_SIZE_KNOWN = "pixel_size_known"
+"""Meta key of PNG/JPEG/BMP/TIFF images: False when the file states no pixel size (its spacing is then a
+nominal 1 mm); absent for formats that always carry one."""
 
 def make_meta_tensor(array: np.ndarray, affine: np.ndarray, meta: dict) -> MetaTensor:
     """Wrap a channel-first array as a MetaTensor whose affine (RAS) is also its original affine."""
@@ -59,7 +62,8 @@ def read_scan(
     classic or Enhanced multi-frame DICOM file, NIfTI, NRRD/NHDR, MHA/MHD, and 2D PNG/TIFF/JPEG.
     Nothing is resampled or reoriented: the affine maps voxel (i, j, k) to RAS mm. The meta
     remembers the source: `filename_or_obj`, `source_format`, and for DICOM the Study, Series
-    and SOP Instance UIDs in slice order (what a DICOM SEG needs to reference its source).
+    and SOP Instance UIDs in slice order (what a DICOM SEG needs to reference its source);
+    for PNG/JPEG/BMP/TIFF, `pixel_size_known` (False: the file states none, the spacing is 1 mm).
     Refuses, with the file and the reason, anything that would not be a faithful volume:
     geometry that is missing or impossible (unless `allow_guessed_geometry`, for NIfTI,
     NRRD and MetaImage files that give no geometry, which logs the guess), a volume whose
@@ -150,7 +154,17 @@ def _finish(array: np.ndarray, affine: np.ndarray, path: Path, suffix: str) -> t
         )
     array = _network_ready(array, path, suffix.lstrip("."))
     meta = {FILENAME_KEY: str(path), "source_format": suffix.lstrip("."), "source_files": [str(path)]}
+    fmt = scan_format(path)
+    if fmt is not None and (fmt.picture or fmt.name == "tiff"):
+        meta[PIXEL_SIZE_KNOWN] = not _default_spacing(affine, array.ndim - 1)
     return array, affine, meta
+
+
+def _default_spacing(affine: np.ndarray, ndim: int) -> bool:
+    """Whether a picture's pixel size is the 1 mm readers give when the file states none (no PNG pHYs,
+    no TIFF resolution; ITK's TIFF writer stores that 1 mm as 25.4 dpi). No microscope or camera
+    image has 1 mm pixels, so 1 mm on every axis is taken as "not stated"."""
+    return bool(np.allclose(spacing_from_affine(affine, ndim), 1.0, rtol=1e-6, atol=0.0))
 
 
 def _squeeze(image: sitk.Image, path: Path) -> sitk.Image:

@@ -7,7 +7,7 @@
     memory       a memory model of the planned network, checked against a measurement
     plan         the plan: decisions with their reasons, as readable JSON
     transforms   LoadCased and NormalizeChannelsd: what a generated bundle's configs use
-    bundle       the generated MONAI bundle of a plan
+    bundle       the MONAI bundle folder generated from a plan
     train        `medpanoptic train`: k-fold training of that bundle, exact resume, out-of-fold cache
     tune         post-processing tuned on the cached out-of-fold network outputs
 

@@ -1,0 +1,124 @@
+"""Benchmark: the tiled whole-slide pipeline against the bare network on the same tiles, and its memory.
+
+    python scripts/bench/wsi.py [--sizes 8192,32768] [--roi-size 4096] [--device cuda] [--busy N]
+
+On whole-slide phantoms (`medpanoptic phantom --wsi`: pyramidal OME-TIFF at 0.5 µm/px):
+
+1. throughput, on a `--roi-size`² region of the first slide, side by side in this process: the
+   whole pipeline (read ahead, network, grouping, stitching, writing zarr + geojson + table) and
+   the bare network (the bundle's inferer on the very same tiles, already read and in memory).
+   Printed: MPix/s of both, pipeline ÷ network pixel throughput (goal >= 0.9) and
+   (grouping + stitching + writing) ÷ network time (goal <= 0.2);
+2. memory: each slide of `--sizes` segmented whole in a fresh process; its peak resident memory
+   (goal: flat within 15% from the smallest to the largest slide).
+
+`--busy N` runs everything beside N CPU-burning processes (see `load.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import busy_cores, describe  # noqa: E402
+
+FORMATS = ("zarr", "geojson", "table")
+
+
+def _phantom(folder: Path, size: int) -> Path:
+    from medpanoptic.wsi.phantom import write_wsi_phantom
+
+    return write_wsi_phantom(folder / f"slide{size}", size, seed=1).image
+
+
+def throughput(image: Path, roi_size: int, device: str | None, out: Path) -> None:
+    import torch
+
+    from medpanoptic.segment import Segmenter
+    from medpanoptic.wsi.infer import BundlePredictor, segment_slide
+    from medpanoptic.wsi.readers import open_slide
+    from medpanoptic.wsi.tiles import read_tile
+
+    seg = Segmenter("nuclei_panoptic_2d", device)
+    slide = open_slide(image)
+    n = min(roi_size, *slide.shape)
+    roi = (0, 0, n, n)
+    segment_slide(slide, seg, out / "warm", FORMATS, roi=(0, 0, 256, 256), tissue=False)  # compile, allocate
+    start = time.perf_counter()
+    run = segment_slide(slide, seg, out / "pipeline", FORMATS, roi=roi, tissue=False, resume=False)
+    wall = time.perf_counter() - start
+    predictor = BundlePredictor(seg)
+    tiles = [predictor.prepare(read_tile(slide, run.grid, t)) for t in run.grid.tiles]
+    start = time.perf_counter()
+    for i in range(0, len(tiles), 4):
+        heads = predictor.forward(torch.stack(tiles[i:i + 4]).to(predictor.device))
+        if heads.device.type == "cuda":
+            torch.cuda.synchronize()
+    bare = time.perf_counter() - start
+    t = run.timings
+    mpix = n * n / 1e6
+    print(f"throughput on a {n} x {n} region, {len(run.grid.tiles)} tiles of {run.grid.tile_shape}, {seg.device}:")
+    print(f"  pipeline {mpix / wall:8.2f} MPix/s ({wall:.1f} s: read wait {t.read:.1f}, network {t.network:.1f}, "
+          f"grouping {t.grouping:.1f}, stitch+write {t.writing:.1f}; {run.instances} instances)")
+    print(f"  network  {mpix / bare:8.2f} MPix/s ({bare:.1f} s, the same tiles in memory)")
+    ratio, post = bare / wall, (t.grouping + t.writing) / max(t.network, 1e-9)
+    print(f"  pipeline / network throughput = {ratio:.3f} (goal >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})")
+    print(f"  (grouping + stitching + writing) / network = {post:.3f} (goal <= 0.2: {'met' if post <= 0.2 else 'NOT met'})")
+
+
+def peak_rss_child(image: str, device: str | None, out: str) -> None:
+    """Run in a fresh process: segment the whole slide, print the peak resident memory in MiB."""
+    from medpanoptic.segment import Segmenter
+    from medpanoptic.wsi.infer import segment_slide
+    from medpanoptic.wsi.readers import open_slide
+
+    run = segment_slide(open_slide(image), Segmenter("nuclei_panoptic_2d", device), out, FORMATS, resume=False)
+    print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} {len(run.grid.tiles)} {run.instances}")
+
+
+def memory(images: dict[int, Path], device: str | None, out: Path) -> None:
+    peaks = {}
+    for size, image in images.items():
+        cmd = [sys.executable, __file__, "--child", str(image), "--out", str(out / f"mem{size}")]
+        cmd += ["--device", device] if device else []
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rss, tiles, instances = done.stdout.split()[-3:]
+        peaks[size] = float(rss)
+        print(f"  {size:>6}² slide: peak RSS {float(rss):8.1f} MiB ({tiles} tiles, {instances} instances)")
+    low, high = peaks[min(peaks)], peaks[max(peaks)]
+    growth = high / low - 1
+    print(f"  peak RSS {max(peaks)}² vs {min(peaks)}²: {growth:+.1%} (goal within 15%: {'met' if abs(growth) <= 0.15 else 'NOT met'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="8192,32768", help="slide sides for the memory comparison")
+    parser.add_argument("--roi-size", type=int, default=4096, help="side of the region timed for throughput")
+    parser.add_argument("--device", help="torch device (default: cuda when available)")
+    parser.add_argument("--busy", type=int, default=0, help="background CPU-burning processes during the timings")
+    parser.add_argument("--work", help="folder for the phantoms and outputs (default: a temporary one)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        peak_rss_child(args.child, args.device, args.out)
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        work = Path(work)
+        images = {size: _phantom(work, size) for size in sizes}
+        with busy_cores(args.busy):
+            print(describe(args.busy))
+            throughput(images[sizes[0]], args.roi_size, args.device, work)
+            print("memory (each slide whole, in a fresh process):")
+            memory(images, args.device, work)
+
+
+if __name__ == "__main__":
+    main()
