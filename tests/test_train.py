@@ -116,7 +116,8 @@ def test_generated_bundle_is_complete_and_records_what_ran(trained, plan):
 
 
 def test_bundle_keeps_the_training_fingerprint_for_the_domain_check(trained, dataset):
-    domain = pytest.importorskip("medpanoptic.domain")
+    from medpanoptic import domain
+
     fingerprint = domain.load_fingerprint(trained)  # refuses a malformed one
     assert fingerprint["n_cases"] == 4 and fingerprint["channels"] == [1] and fingerprint["spatial_dims"] == 3
     assert fingerprint["plan_fingerprint"] == {"spacing_mm": {"median": [1.0, 1.0, 2.5]}}

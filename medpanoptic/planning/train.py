@@ -103,12 +103,9 @@ def bundle_fingerprint(plan: dict) -> dict:
     """What configs/fingerprint.json keeps of the training images for the domain check at inference:
     `domain.domain_fingerprint` of the images and, for pictures (microscopy works in pixels), the
     typical instance size that the scale estimate reads (`scale.instance_sizes`, at the planned pixel
-    size). Empty where medpanoptic has no domain module."""
-    try:
-        from ..domain import domain_fingerprint
-        from ..scale import instance_sizes
-    except ImportError:  # TODO(domain): branch `domain` brings both
-        return {}
+    size)."""
+    from ..domain import domain_fingerprint
+    from ..scale import instance_sizes
     from .transforms import load_case
 
     root, label_set = plan["dataset"]["root"], LabelSet.from_dict(plan["label_set"])
