@@ -113,6 +113,9 @@ def test_generated_bundle_is_complete_and_records_what_ran(trained, plan):
     assert entry["pred"].shape[0] == 4 + 1 + 3 and entry["pred"].shape[1:] == entry["label"].shape[1:]
     readme = (trained / "docs" / "README.md").read_text()
     assert "| fold | train cases | validation cases |" in readme and "test plan: sigma_mm" in readme
+    postprocess = json.loads((configs / "postprocess.json").read_text())  # tuned: README and config agree
+    for knob in ("center_threshold", "nms_mm", "min_size_mm"):
+        assert f"| {knob} | {postprocess[knob]} |" in readme
 
 
 def test_bundle_keeps_the_training_fingerprint_for_the_domain_check(trained, dataset):
@@ -213,6 +216,16 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(trained, plan, tmp
     for key, value in reference["model"].items():
         assert torch.equal(resumed["model"][key], value), key  # bit-identical
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
+    # another fold later, on its own: the bundle's choice and table then cover both folds
+    train(plan, 1, epochs=1, out=out, resume=True)
+    readme = (out / "docs" / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    assert len(rows) == 2
+    history = {k: json.loads((out / "models" / f"fold_{k}" / "history.json").read_text())["best"] for k in (0, 1)}
+    chosen = max(history, key=lambda k: history[k]["metric"])
+    for key, value in torch.load(out / "models" / f"fold_{chosen}" / "model.pt", weights_only=True).items():
+        assert torch.equal(torch.load(out / "models" / "model.pt", weights_only=True)[key], value)
+    assert {p.parent.name for p in (out / "cache").glob("*/*.pt")} == {"fold_0", "fold_1"}
 
 
 def test_splits_put_things_in_every_validation_fold():

@@ -401,8 +401,9 @@ def train(plan_path: str | os.PathLike, folds: str | int = "all", epochs: int | 
           out: str | os.PathLike | None = None, seed: int = 0, overrides: dict | None = None,
           handlers: Sequence = ()) -> Path:
     """Train the plan's bundle: write it (or, with `resume`, take the one at `out` as it is), train
-    the folds asked for, cache their out-of-fold outputs, tune the post-processing on them and
-    choose `models/model.pt` (the fold with the best validation PQ). Returns the bundle folder."""
+    the folds asked for and cache their out-of-fold outputs; then, over every fold trained so far,
+    tune the post-processing on those outputs and choose `models/model.pt` (the fold with the best
+    validation PQ). Returns the bundle folder."""
     plan = load_plan(plan_path)
     bundle = Path(out) if out else Path(plan_path).resolve().parent / f"{Path(plan_path).stem}_bundle"
     if resume and (bundle / "configs" / "train.json").is_file():
@@ -416,16 +417,17 @@ def train(plan_path: str | os.PathLike, folds: str | int = "all", epochs: int | 
     for fold in chosen:
         if not 0 <= fold < n_folds:
             raise InputError(plan_path, f"--fold {fold}: the plan has folds 0..{n_folds - 1}")
-    summaries, cached = [], []
     for fold in chosen:
-        summaries.append(train_fold(bundle, fold, epochs, resume, overrides, handlers))
+        train_fold(bundle, fold, epochs, resume, overrides, handlers)
         if _is_rank_zero():
-            cached += cache_fold_outputs(bundle, fold)
+            cache_fold_outputs(bundle, fold)
     if not _is_rank_zero():
         return bundle
+    # every fold trained so far (also by earlier runs, `--fold K` one at a time) takes part
+    summaries = [fold_summary(bundle, k) for k in range(n_folds) if (bundle / "models" / f"fold_{k}" / HISTORY).is_file()]
     best = max(summaries, key=lambda s: s["pq"] if np.isfinite(s["pq"]) else -1.0)
     shutil.copyfile(bundle / "models" / f"fold_{best['fold']}" / BEST, bundle / "models" / BEST)
-    values = tune(bundle, plan, cached)
+    values = tune(bundle, plan, sorted((bundle / "cache").glob("fold_*/*.pt")))
     write_postprocess(bundle, plan, values)
     write_readme(bundle, plan, summaries, values)
     return bundle
