@@ -24,8 +24,8 @@ from ..errors import InputError
 from ..io.atomic import atomic_paths, atomic_write_json
 from ..io.paths import inside, safe_component
 from ..labels import LabelSet
-from .plan import load_plan
 from .bundle import KEY_METRIC, SPLITS_FILE, decision, default_postprocess, write_bundle, write_postprocess, write_readme
+from .plan import load_plan
 
 log = logging.getLogger(__name__)
 
