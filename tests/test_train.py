@@ -20,6 +20,7 @@ from medpanoptic.cli import main
 from medpanoptic.errors import InputError
 from medpanoptic.io import read_panoptic, read_scan
 from medpanoptic.io.decathlon import write_case, write_dataset_json
+from medpanoptic.planning.phantoms import Geometry, write_phantom_dataset
 from medpanoptic.planning.train import make_splits, splits_document, train
 from medpanoptic.synthetic import make_phantom, oblique_direction
 
@@ -96,7 +97,7 @@ def test_generated_bundle_is_complete_and_records_what_ran(trained, plan):
     assert augmentation["medpanoptic.transforms.PanopticTargetsd"]["sigma_mm"] == "@sigma_mm"
     assert train_json["sigma_mm"] == 3.0
     fingerprint = json.loads((configs / "fingerprint.json").read_text())
-    assert fingerprint["plan_fingerprint"] == json.loads(plan.read_text())["fingerprint"]
+    assert fingerprint["plan_fingerprint"] == json.loads(plan.read_text())["fingerprint"]  # beside the domain one
     # weights: the fold's best and the bundle's; checkpoint, curves and out-of-fold cache
     fold = trained / "models" / "fold_0"
     assert torch.equal(*(torch.load(p, weights_only=True)["backbone.output_block.conv.conv.weight"]
@@ -112,6 +113,19 @@ def test_generated_bundle_is_complete_and_records_what_ran(trained, plan):
     assert entry["pred"].shape[0] == 4 + 1 + 3 and entry["pred"].shape[1:] == entry["label"].shape[1:]
     readme = (trained / "docs" / "README.md").read_text()
     assert "| fold | train cases | validation cases |" in readme and "test plan: sigma_mm" in readme
+    postprocess = json.loads((configs / "postprocess.json").read_text())  # tuned: README and config agree
+    for knob in ("center_threshold", "nms_mm", "min_size_mm"):
+        assert f"| {knob} | {postprocess[knob]} |" in readme
+
+
+def test_bundle_keeps_the_training_fingerprint_for_the_domain_check(trained, dataset):
+    from medpanoptic import domain
+
+    fingerprint = domain.load_fingerprint(trained)  # refuses a malformed one
+    assert fingerprint["n_cases"] == 4 and fingerprint["channels"] == [1] and fingerprint["spatial_dims"] == 3
+    assert fingerprint["plan_fingerprint"] == {"spacing_mm": {"median": [1.0, 1.0, 2.5]}}
+    scan = read_scan(dataset / "imagesTr" / "phantom_0700.nii.gz")
+    assert domain.check_domain(fingerprint, scan) == []  # a training scan lies inside
 
 
 def test_generated_bundle_verifies(trained, monkeypatch):
@@ -143,7 +157,7 @@ def test_generated_bundle_runs_with_monai_and_with_segment(trained, dataset, tmp
     (two of the four scans are oblique), and both give the same pairs."""
     done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                            "--dataset_dir", str(dataset / "imagesTr"), "--output_dir", str(tmp_path / "monai")],
-                          cwd=trained, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          cwd=trained, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(_on_source_grid(tmp_path / "monai", dataset)) == 4
     assert main(["segment", str(dataset / "imagesTr"), "--bundle", str(trained), "--out", str(tmp_path / "cli"),
@@ -152,6 +166,21 @@ def test_generated_bundle_runs_with_monai_and_with_segment(trained, dataset, tmp
     a, _ = read_panoptic(tmp_path / "monai" / "phantom_0701")
     b, _ = read_panoptic(tmp_path / "cli" / "phantom_0701" / "phantom_0701")
     assert torch.equal(a[0], b[0])
+
+
+def test_torchrun_trains_a_fold_with_gloo(plan, tmp_path):
+    """`torchrun -m medpanoptic train`: the bundle's multi_gpu_train.json (DDP, distributed samplers);
+    rank 0 writes the plain network's weights, the other rank only trains."""
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29571",
+                           "-m", "medpanoptic", "train", str(plan), "--fold", "0", "--epochs", "1", "--out", str(out)],
+                          capture_output=True, text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained ") == 1
+    state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state and not any(k.startswith("module.") for k in state)
+    history = json.loads((out / "models" / "fold_0" / "history.json").read_text())
+    assert [h["epoch"] for h in history["epochs"]] == [1] and "val_pq" in history["epochs"][0]
 
 
 class Kill:
@@ -187,6 +216,16 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(trained, plan, tmp
     for key, value in reference["model"].items():
         assert torch.equal(resumed["model"][key], value), key  # bit-identical
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
+    # another fold later, on its own: the bundle's choice and table then cover both folds
+    train(plan, 1, epochs=1, out=out, resume=True)
+    readme = (out / "docs" / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
+    assert len(rows) == 2
+    history = {k: json.loads((out / "models" / f"fold_{k}" / "history.json").read_text())["best"] for k in (0, 1)}
+    chosen = max(history, key=lambda k: history[k]["metric"])
+    for key, value in torch.load(out / "models" / f"fold_{chosen}" / "model.pt", weights_only=True).items():
+        assert torch.equal(torch.load(out / "models" / "model.pt", weights_only=True)[key], value)
+    assert {p.parent.name for p in (out / "cache").glob("*/*.pt")} == {"fold_0", "fold_1"}
 
 
 def test_splits_put_things_in_every_validation_fold():
@@ -216,3 +255,33 @@ def test_a_bad_plan_is_one_line_error(tmp_path, capsys):
     bad.write_text("{ not json")
     assert main(["train", str(bad)]) == 2
     assert "cannot read the plan" in capsys.readouterr().err
+
+
+LAYOUTS = {"nnunet_v2": Geometry(3, (48, 48, 16), (0.6, 0.6, 4.0), channels=2, thing_scale=0.5, n_things=3),
+           "microscopy": Geometry(2, (96, 96), (0.0005, 0.0005), n_things=6)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_plan_train_segment_in_the_other_layouts(layout, tmp_path):
+    """nnU-Net v2 with two MR channels (3D) and microscopy (2D TIFF): `make_plan` -> 2 epochs -> the
+    bundle segments a case (Segmenter) onto its own grid, and its network passes `verify_net_in_out`."""
+    from monai.bundle import verify_net_in_out
+
+    from medpanoptic.planning.plan import make_plan, save_plan
+    from medpanoptic.planning.transforms import load_image
+    from medpanoptic.segment import Segmenter
+
+    root = write_phantom_dataset(tmp_path / "data", layout, 4, LAYOUTS[layout], seed=800)
+    plan = make_plan(root, gpu_memory_gb=24.0, base_filters=8, use_data_analyzer=False)
+    for name, value in {"folds": 2, "epochs": EPOCHS}.items():
+        plan["decisions"][name]["value"] = value
+    bundle = train(save_plan(plan, tmp_path / "plan.json"), 0, out=tmp_path / "bundle")
+    image = load_image(plan["cases"][0], root)
+    assert image.shape[0] == len(plan["dataset"]["channels"])
+    result = Segmenter(bundle, device="cpu")(image, case="c0")
+    assert result.pair.shape[1:] == image.shape[1:]
+    np.testing.assert_allclose(result.pair.affine.numpy(), image.affine.numpy(), atol=1e-6)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(bundle)
+        verify_net_in_out(net_id="network_def", meta_file="configs/metadata.json",
+                          config_file="configs/inference.json", n=2, p=1)

@@ -24,8 +24,8 @@ from ..errors import InputError
 from ..io.atomic import atomic_paths, atomic_write_json
 from ..io.paths import inside, safe_component
 from ..labels import LabelSet
-from .plan import load_plan
 from .bundle import KEY_METRIC, SPLITS_FILE, decision, default_postprocess, write_bundle, write_postprocess, write_readme
+from .plan import load_plan
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,33 @@ def fold_datalist(splits_file: str | os.PathLike, root: str | os.PathLike, fold:
     return entries
 
 
+# -- the bundle's training fingerprint -----------------------------------------------------
+def bundle_fingerprint(plan: dict) -> dict:
+    """What configs/fingerprint.json keeps of the training images for the domain check at inference:
+    `domain.domain_fingerprint` of the images and, for pictures (microscopy works in pixels), the
+    typical instance size that the scale estimate reads (`scale.instance_sizes`, at the planned pixel
+    size)."""
+    from ..domain import domain_fingerprint
+    from ..scale import instance_sizes
+    from .transforms import load_case
+
+    root, label_set = plan["dataset"]["root"], LabelSet.from_dict(plan["label_set"])
+    in_pixels = plan["dataset"]["layout"] == "microscopy"
+    pairs = []
+
+    def images():
+        for entry in plan["cases"]:
+            image, pair = load_case(entry, label_set, root)
+            if in_pixels:
+                pairs.append(pair)
+            yield image
+
+    document = domain_fingerprint(images(), modality=plan["dataset"].get("modality"))
+    if in_pixels:
+        document["instances"] = instance_sizes(pairs, label_set.thing_ids, decision(plan, "target_spacing_mm"))
+    return document
+
+
 # -- exact resume -------------------------------------------------------------------------
 def _random_states(obj, found: list, seen: set) -> list:
     """Every numpy RandomState reachable from a transform (MONAI's randomizable transforms keep one
@@ -168,10 +195,9 @@ def restore_rng_states(states: dict, datasets: Iterable) -> None:
         _restore(g, state)
 
 
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+def _is_rank_zero() -> bool:
+    """Whether this process writes (under torchrun, rank 0 alone; the others only train)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class TrainingCheckpoint:
@@ -235,7 +261,7 @@ class TrainingCheckpoint:
             metrics = self.validator.state.metrics
             record.update({k: float(v) for k, v in metrics.items() if k.startswith("val_")})
         self.history.append(record)
-        if not _is_main_process():
+        if not _is_rank_zero():
             return
         if validated and record.get(self.key_metric, -1.0) > self.best["metric"]:
             self.best = {"metric": record[self.key_metric], "epoch": engine.state.epoch}
@@ -292,9 +318,9 @@ def fold_parser(bundle: str | os.PathLike, fold: int, epochs: int | None = None,
 
 
 def train_fold(bundle: str | os.PathLike, fold: int, epochs: int | None = None, resume: bool = False,
-               overrides: dict | None = None, handlers: Sequence = ()) -> dict:
+               overrides: dict | None = None, handlers: Sequence = ()) -> dict | None:
     """Run the bundle's train.json for one fold (`handlers`: more ignite handlers for the trainer);
-    returns the fold's best validation figures."""
+    returns the fold's best validation figures (None on the other ranks under torchrun)."""
     parser = fold_parser(bundle, fold, epochs, resume, overrides)
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")
@@ -309,7 +335,7 @@ def train_fold(bundle: str | os.PathLike, fold: int, epochs: int | None = None, 
     finally:
         if "finalize" in parser:
             parser.get_parsed_content("finalize")
-    return fold_summary(bundle, fold)
+    return fold_summary(bundle, fold) if _is_rank_zero() else None
 
 
 def fold_summary(bundle: str | os.PathLike, fold: int) -> dict:
@@ -375,8 +401,9 @@ def train(plan_path: str | os.PathLike, folds: str | int = "all", epochs: int | 
           out: str | os.PathLike | None = None, seed: int = 0, overrides: dict | None = None,
           handlers: Sequence = ()) -> Path:
     """Train the plan's bundle: write it (or, with `resume`, take the one at `out` as it is), train
-    the folds asked for, cache their out-of-fold outputs, tune the post-processing on them and
-    choose `models/model.pt` (the fold with the best validation PQ). Returns the bundle folder."""
+    the folds asked for and cache their out-of-fold outputs; then, over every fold trained so far,
+    tune the post-processing on those outputs and choose `models/model.pt` (the fold with the best
+    validation PQ). Returns the bundle folder."""
     plan = load_plan(plan_path)
     bundle = Path(out) if out else Path(plan_path).resolve().parent / f"{Path(plan_path).stem}_bundle"
     if resume and (bundle / "configs" / "train.json").is_file():
@@ -384,23 +411,23 @@ def train(plan_path: str | os.PathLike, folds: str | int = "all", epochs: int | 
     else:
         if _existing_checkpoints(bundle):
             raise InputError(bundle, "holds trained folds already: pass --resume to continue them, or another --out")
-        splits = splits_document(plan, seed)
-        write_bundle(plan, bundle, splits, seed)
+        write_bundle(plan, bundle, splits_document(plan, seed), seed, bundle_fingerprint(plan))
     n_folds = len(json.loads((bundle / "configs" / SPLITS_FILE).read_text(encoding="utf-8"))["folds"])
     chosen = list(range(n_folds)) if folds == "all" else [int(folds)]
     for fold in chosen:
         if not 0 <= fold < n_folds:
             raise InputError(plan_path, f"--fold {fold}: the plan has folds 0..{n_folds - 1}")
-    summaries, cached = [], []
     for fold in chosen:
-        summaries.append(train_fold(bundle, fold, epochs, resume, overrides, handlers))
-        if int(os.environ.get("RANK", "0")) == 0:  # torchrun: the other ranks only train
-            cached += cache_fold_outputs(bundle, fold)
-    if int(os.environ.get("RANK", "0")) != 0:
+        train_fold(bundle, fold, epochs, resume, overrides, handlers)
+        if _is_rank_zero():
+            cache_fold_outputs(bundle, fold)
+    if not _is_rank_zero():
         return bundle
+    # every fold trained so far (also by earlier runs, `--fold K` one at a time) takes part
+    summaries = [fold_summary(bundle, k) for k in range(n_folds) if (bundle / "models" / f"fold_{k}" / HISTORY).is_file()]
     best = max(summaries, key=lambda s: s["pq"] if np.isfinite(s["pq"]) else -1.0)
     shutil.copyfile(bundle / "models" / f"fold_{best['fold']}" / BEST, bundle / "models" / BEST)
-    values = tune(bundle, plan, cached)
+    values = tune(bundle, plan, sorted((bundle / "cache").glob("fold_*/*.pt")))
     write_postprocess(bundle, plan, values)
     write_readme(bundle, plan, summaries, values)
     return bundle
@@ -429,5 +456,6 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise InputError(None, f"--epochs must be at least 1, got {args.epochs}")
     bundle = train(args.plan, args.fold, args.epochs, args.resume, args.out, args.seed)
-    print(f"trained {bundle} (models/model.pt; cross-validation in docs/README.md)")
+    if _is_rank_zero():
+        print(f"trained {bundle} (models/model.pt; cross-validation in docs/README.md)")
     return 0
