@@ -126,9 +126,7 @@ def tile_grid(
     scale = tuple(float(t) / float(p) for t, p in zip(pixel_size_mm, slide.pixel_size_mm))
     extent = tuple(max(1, int(math.floor(n / s))) for n, s in zip(slide.shape, scale))
     box0 = roi_box(slide, roi)
-    region = tuple(slice(min(int(math.floor(b.start / s)), n - 1), max(min(int(math.ceil(b.stop / s)), n),
-                                                                      min(int(math.floor(b.start / s)), n - 1) + 1))
-                   for b, s, n in zip(box0, scale, extent))
+    region = tuple(_working_span(b, s, n) for b, s, n in zip(box0, scale, extent))
     tile_shape = tuple(min(c + 2 * h, n) for c, h, n in zip(core_size, halo_size, extent))
     if window is not None and interval is not None:
         win, step = _per_axis(window, ndim), _per_axis(interval, ndim)
@@ -150,6 +148,12 @@ def tile_grid(
         tiles.append(Tile(len(tiles), core_box, box))
     return TileGrid(tuple(tiles), region, extent, pick_level(slide, pixel_size_mm), scale,
                     tuple(float(p) for p in pixel_size_mm), tile_shape, halo_size, n_cores)
+
+
+def _working_span(level0: slice, scale: float, extent: int) -> slice:
+    """The working-grid pixels covering a level-0 span (at least one, inside the grid)."""
+    start = min(int(math.floor(level0.start / scale)), extent - 1)
+    return slice(start, max(min(int(math.ceil(level0.stop / scale)), extent), start + 1))
 
 
 def _per_axis(value: int | Sequence[int], ndim: int) -> tuple[int, ...]:
