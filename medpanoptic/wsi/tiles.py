@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..io.geometry import xy_order
 from .slide import Slide
 
 
@@ -91,10 +92,10 @@ def roi_box(slide: Slide, roi: Sequence[int] | None) -> tuple[slice, ...]:
         raise InputError(slide.path, f"--roi needs {2 * ndim} numbers for a {ndim}D slide "
                                      f"({'x,y,w,h' if ndim == 2 else 'x,y,z,w,h,d'}), got {len(roi)}")
     start_xyz, size_xyz = list(roi[:ndim]), list(roi[ndim:])
-    start, size = start_xyz[::-1], size_xyz[::-1]  # x is the last array axis
+    start, size = xy_order(start_xyz).tolist(), xy_order(size_xyz).tolist()  # x is the last array axis
     if any(s <= 0 for s in size) or any(a < 0 for a in start) or any(a + s > n for a, s, n in zip(start, size, shape)):
         raise InputError(slide.path, f"--roi {','.join(map(str, roi))} lies outside the slide "
-                                     f"({' x '.join(map(str, shape[::-1]))} pixels, x by y{' by z' if ndim == 3 else ''})")
+                                     f"({' x '.join(map(str, xy_order(shape).tolist()))} pixels, x by y{' by z' if ndim == 3 else ''})")
     return tuple(slice(int(a), int(a + s)) for a, s in zip(start, size))
 
 
@@ -205,7 +206,7 @@ def read_tile(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
         centre = (torch.arange(b.start, b.stop, dtype=torch.float64) + 0.5) * r - 0.5 - l
         axes.append((2 * centre / max(h - l - 1, 1) - 1).float())
     mesh = torch.meshgrid(*axes, indexing="ij")
-    points = torch.stack(mesh[::-1], dim=-1)[None]  # grid_sample wants x (last axis) first
+    points = torch.from_numpy(xy_order(torch.stack(mesh, dim=-1).numpy()).copy())[None]  # grid_sample: x first
     sampled = F.grid_sample(source, points, mode="bilinear", padding_mode="border", align_corners=True)
     return sampled[0].numpy()
 

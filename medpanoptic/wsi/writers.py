@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..io.geometry import xy_order
 from ..io.paths import inside, safe_component
 from ..labels import LabelSet
 from .stitch import OwnedTile, merge_tile, panoptic_divisor
@@ -212,7 +213,7 @@ class SlideWriter:
         record = {
             "gid": gid, "label": cls, "class": self.label_set[cls].name if cls in self.label_set else str(cls),
             "voxels": n, "size_mm": size_mm, "size_um": size_mm * 1e3 ** self.ndim,
-            "centroid": centroid - region_origin, "centroid_level0": self.grid.to_level0(centroid + 0.5)[::-1],
+            "centroid": centroid - region_origin, "centroid_level0": xy_order(self.grid.to_level0(centroid + 0.5)),
             "low": low - region_origin, "stop": stop - region_origin, "score": part.scores.get(gid, float("nan")),
         }
         if self.ndim == 2 and ("geojson" in self.formats):
@@ -230,7 +231,7 @@ class SlideWriter:
         rings = find_contours(crop.astype(np.uint8), 0.5)
         ring = max(rings, key=len)
         working = ring + np.array([r0 + origin[0] - 1 + 0.5, c0 + origin[1] - 1 + 0.5])
-        xy = self.grid.to_level0(working)[:, ::-1]
+        xy = xy_order(self.grid.to_level0(working))
         polygon = Polygon(xy)
         if self.simplify_px > 0:
             polygon = polygon.simplify(self.simplify_px)
