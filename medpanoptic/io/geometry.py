@@ -73,6 +73,12 @@ def from_ijk_order(array: np.ndarray) -> np.ndarray:
     return out
 
 
+def xy_order(values: np.ndarray) -> np.ndarray:
+    """Array-axis order (row, col) / (z, row, col) on the last axis as (x, y) / (x, y, z): the order of
+    slide coordinates (GeoJSON, QuPath, `--roi`, grid_sample) against numpy's. Its own inverse."""
+    return np.asarray(values)[..., ::-1]
+
+
 def same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[int], affine_b: np.ndarray) -> bool:
     """Whether two grids put every voxel at the same patient position, within `GRID_TOLERANCE` voxels.
 

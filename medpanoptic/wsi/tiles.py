@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..io.geometry import xy_order
 from .slide import Slide
 
 
@@ -91,10 +92,10 @@ def roi_box(slide: Slide, roi: Sequence[int] | None) -> tuple[slice, ...]:
         raise InputError(slide.path, f"--roi needs {2 * ndim} numbers for a {ndim}D slide "
                                      f"({'x,y,w,h' if ndim == 2 else 'x,y,z,w,h,d'}), got {len(roi)}")
     start_xyz, size_xyz = list(roi[:ndim]), list(roi[ndim:])
-    start, size = start_xyz[::-1], size_xyz[::-1]  # x is the last array axis
+    start, size = xy_order(start_xyz).tolist(), xy_order(size_xyz).tolist()  # x is the last array axis
     if any(s <= 0 for s in size) or any(a < 0 for a in start) or any(a + s > n for a, s, n in zip(start, size, shape)):
         raise InputError(slide.path, f"--roi {','.join(map(str, roi))} lies outside the slide "
-                                     f"({' x '.join(map(str, shape[::-1]))} pixels, x by y{' by z' if ndim == 3 else ''})")
+                                     f"({' x '.join(map(str, xy_order(shape).tolist()))} pixels, x by y{' by z' if ndim == 3 else ''})")
     return tuple(slice(int(a), int(a + s)) for a, s in zip(start, size))
 
 
@@ -126,9 +127,7 @@ def tile_grid(
     scale = tuple(float(t) / float(p) for t, p in zip(pixel_size_mm, slide.pixel_size_mm))
     extent = tuple(max(1, int(math.floor(n / s))) for n, s in zip(slide.shape, scale))
     box0 = roi_box(slide, roi)
-    region = tuple(slice(min(int(math.floor(b.start / s)), n - 1), max(min(int(math.ceil(b.stop / s)), n),
-                                                                      min(int(math.floor(b.start / s)), n - 1) + 1))
-                   for b, s, n in zip(box0, scale, extent))
+    region = tuple(_working_span(b, s, n) for b, s, n in zip(box0, scale, extent))
     tile_shape = tuple(min(c + 2 * h, n) for c, h, n in zip(core_size, halo_size, extent))
     if window is not None and interval is not None:
         win, step = _per_axis(window, ndim), _per_axis(interval, ndim)
@@ -150,6 +149,12 @@ def tile_grid(
         tiles.append(Tile(len(tiles), core_box, box))
     return TileGrid(tuple(tiles), region, extent, pick_level(slide, pixel_size_mm), scale,
                     tuple(float(p) for p in pixel_size_mm), tile_shape, halo_size, n_cores)
+
+
+def _working_span(level0: slice, scale: float, extent: int) -> slice:
+    """The working-grid pixels covering a level-0 span (at least one, inside the grid)."""
+    start = min(int(math.floor(level0.start / scale)), extent - 1)
+    return slice(start, max(min(int(math.ceil(level0.stop / scale)), extent), start + 1))
 
 
 def _per_axis(value: int | Sequence[int], ndim: int) -> tuple[int, ...]:
@@ -201,7 +206,7 @@ def read_tile(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
         centre = (torch.arange(b.start, b.stop, dtype=torch.float64) + 0.5) * r - 0.5 - l
         axes.append((2 * centre / max(h - l - 1, 1) - 1).float())
     mesh = torch.meshgrid(*axes, indexing="ij")
-    points = torch.stack(mesh[::-1], dim=-1)[None]  # grid_sample wants x (last axis) first
+    points = torch.from_numpy(xy_order(torch.stack(mesh, dim=-1).numpy()).copy())[None]  # grid_sample: x first
     sampled = F.grid_sample(source, points, mode="bilinear", padding_mode="border", align_corners=True)
     return sampled[0].numpy()
 

@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..io.geometry import xy_order
 from ..io.paths import inside, safe_component
 from ..labels import LabelSet
 from .stitch import OwnedTile, merge_tile, panoptic_divisor
@@ -183,7 +184,7 @@ class SlideWriter:
         """Merge one finished tile into the label images and append its instances; then journal it."""
         if "zarr" in self.formats:
             merge_tile(part, self._arrays["semantic"], self._arrays["instance"], self.label_set, self.grid.region)
-        records = [r for r in (self._record(part, gid) for gid in sorted(part.owned)) if r is not None]
+        records = [self._record(part, gid, box) for gid, box in _owned_boxes(part)]
         for fmt in self.text:
             f = self._files[fmt]
             for record in records:
@@ -197,14 +198,12 @@ class SlideWriter:
         sizes = {fmt: self._part(fmt).stat().st_size for fmt in self.text}
         self._append_journal({"tile": part.tile.index, "sizes": sizes, "counts": self.counts, "max_id": self.max_id})
 
-    def _record(self, part: OwnedTile, gid: int) -> dict | None:
-        """The measures and the contour of one owned instance, from the owner tile's view of it."""
-        mask = part.pair[1] == gid
-        voxels = np.argwhere(mask)
-        if len(voxels) == 0:
-            return None
+    def _record(self, part: OwnedTile, gid: int, box: tuple[slice, ...]) -> dict:
+        """The measures and the contour of one owned instance (inside `box` of its tile), from the owner's view."""
+        mask = part.pair[1][box] == gid
+        voxels = np.argwhere(mask) + np.array([b.start for b in box])
         origin = np.array([b.start for b in part.tile.box])
-        cls = int(np.bincount(part.pair[0][mask].astype(np.int64)).argmax())
+        cls = int(np.bincount(part.pair[0][box][mask].astype(np.int64)).argmax())
         n = int(len(voxels))
         pixel_mm = np.asarray(self.grid.pixel_size_mm)
         size_mm = n * float(np.prod(pixel_mm))
@@ -214,11 +213,11 @@ class SlideWriter:
         record = {
             "gid": gid, "label": cls, "class": self.label_set[cls].name if cls in self.label_set else str(cls),
             "voxels": n, "size_mm": size_mm, "size_um": size_mm * 1e3 ** self.ndim,
-            "centroid": centroid - region_origin, "centroid_level0": self.grid.to_level0(centroid + 0.5)[::-1],
+            "centroid": centroid - region_origin, "centroid_level0": xy_order(self.grid.to_level0(centroid + 0.5)),
             "low": low - region_origin, "stop": stop - region_origin, "score": part.scores.get(gid, float("nan")),
         }
         if self.ndim == 2 and ("geojson" in self.formats):
-            record["contour"] = self._contour(mask, origin)
+            record["contour"] = self._contour(mask, origin + np.array([b.start for b in box]))
         return record
 
     def _contour(self, mask: np.ndarray, origin: np.ndarray) -> list[list[float]]:
@@ -232,7 +231,7 @@ class SlideWriter:
         rings = find_contours(crop.astype(np.uint8), 0.5)
         ring = max(rings, key=len)
         working = ring + np.array([r0 + origin[0] - 1 + 0.5, c0 + origin[1] - 1 + 0.5])
-        xy = self.grid.to_level0(working)[:, ::-1]
+        xy = xy_order(self.grid.to_level0(working))
         polygon = Polygon(xy)
         if self.simplify_px > 0:
             polygon = polygon.simplify(self.simplify_px)
@@ -346,6 +345,21 @@ class SlideWriter:
             label_meta["properties"] = [{"label-value": c.id, "name": c.name, "kind": c.kind} for c in self.label_set]
         return {"multiscales": [{"version": "0.4", "name": name, "axes": axes, "datasets": datasets,
                                  "type": "nearest"}], "image-label": label_meta}
+
+
+def _owned_boxes(part: OwnedTile) -> list[tuple[int, tuple[slice, ...]]]:
+    """(global id, bounding box in the tile) of each owned instance with pixels, in id order: one pass over the tile."""
+    from scipy import ndimage
+
+    ids = sorted(part.owned)
+    if not ids:
+        return []
+    compact = np.zeros(part.pair[1].shape, np.int32)
+    lookup = np.searchsorted(ids, part.pair[1])
+    hit = (lookup < len(ids)) & (np.asarray(ids)[np.minimum(lookup, len(ids) - 1)] == part.pair[1])
+    compact[hit] = lookup[hit] + 1
+    boxes = ndimage.find_objects(compact, max_label=len(ids))
+    return [(gid, box) for gid, box in zip(ids, boxes) if box is not None]
 
 
 def _build_pyramid(group) -> int:

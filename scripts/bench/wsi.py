@@ -54,12 +54,15 @@ def throughput(image: Path, roi_size: int, device: str | None, out: Path) -> Non
     run = segment_slide(slide, seg, out / "pipeline", FORMATS, roi=roi, tissue=False, resume=False)
     wall = time.perf_counter() - start
     predictor = BundlePredictor(seg)
-    tiles = [predictor.prepare(read_tile(slide, run.grid, t)) for t in run.grid.tiles]
+    by_shape: dict[tuple, list] = {}
+    for t in run.grid.tiles:  # the same batches as the pipeline: tiles of one shape together (edge tiles are shorter)
+        by_shape.setdefault(t.shape, []).append(predictor.prepare(read_tile(slide, run.grid, t)))
     start = time.perf_counter()
-    for i in range(0, len(tiles), 4):
-        heads = predictor.forward(torch.stack(tiles[i:i + 4]).to(predictor.device))
-        if heads.device.type == "cuda":
-            torch.cuda.synchronize()
+    for tiles in by_shape.values():
+        for i in range(0, len(tiles), 4):
+            heads = predictor.forward(torch.stack(tiles[i:i + 4]).to(predictor.device))
+            if heads.device.type == "cuda":
+                torch.cuda.synchronize()
     bare = time.perf_counter() - start
     t = run.timings
     mpix = n * n / 1e6
