@@ -246,6 +246,8 @@ def test_smaller_things_give_smaller_sigma_nms_and_minimum_size(tmp_path):
     assert a["sigma_mm"] < 0.75 * b["sigma_mm"]
     assert a["nms_mm"] < 0.75 * b["nms_mm"]
     assert a["min_size_mm"] < 0.75 * b["min_size_mm"]
+    # size-aware centres: each instance's blob follows its own radius, whatever the dataset's sizes
+    assert a["sigma_fraction"] == b["sigma_fraction"] == 0.5
 
 
 def test_a_smaller_memory_budget_gives_a_smaller_patch_or_batch(nnunet_mr):

@@ -38,7 +38,7 @@ def _decisions(**changes) -> dict:
         "patch_size": [32, 32, 16], "batch_size": 2, "estimated_memory_gb": 0.2,
         "network": {"backbone": "dynunet", "filters": [8, 16, 32], "kernel_size": [[3, 3, 3]] * 3,
                     "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]]},
-        "sigma_mm": 3.0, "nms_mm": 4.0, "min_size_mm": 30.0, "center_threshold": 0.3,
+        "sigma_mm": 3.0, "sigma_fraction": 0.5, "nms_mm": 4.0, "min_size_mm": 30.0, "center_threshold": 0.3,
         "scale_augmentation": [0.8, 1.25], "folds": 2, "epochs": EPOCHS, "learning_rate": 0.002, "samples_per_case": 2,
         **changes,
     }
@@ -96,6 +96,8 @@ def test_generated_bundle_is_complete_and_records_what_ran(trained, plan):
     assert (augmentation["RandZoomd"]["min_zoom"], augmentation["RandZoomd"]["max_zoom"]) == (0.8, 1.25)
     assert augmentation["medpanoptic.transforms.PanopticTargetsd"]["sigma_mm"] == "@sigma_mm"
     assert train_json["sigma_mm"] == 3.0
+    assert augmentation["medpanoptic.transforms.PanopticTargetsd"]["sigma_fraction"] == "@sigma_fraction"
+    assert train_json["sigma_fraction"] == 0.5
     fingerprint = json.loads((configs / "fingerprint.json").read_text())
     assert fingerprint["plan_fingerprint"] == json.loads(plan.read_text())["fingerprint"]  # beside the domain one
     # weights: the fold's best and the bundle's; checkpoint, curves and out-of-fold cache

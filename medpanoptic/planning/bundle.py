@@ -240,7 +240,7 @@ def _augmentation(plan: dict) -> list[dict]:
         {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5},
         {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
         {"_target_": "medpanoptic.transforms.PanopticTargetsd", "keys": "label", "label_set": "@label_set",
-         "sigma_mm": "@sigma_mm", "spacing": "@pixel_size_mm"},
+         "sigma_mm": "@sigma_mm", "sigma_fraction": "@sigma_fraction", "spacing": "@pixel_size_mm"},
         {"_target_": "EnsureTyped", "keys": keys, "track_meta": False},
         {"_target_": "DeleteItemsd", "keys": ["label_thing_indices", "label_other_indices"]},
     ]
@@ -281,6 +281,7 @@ def train_config(plan: dict, seed: int = 0) -> dict:
         "thing_crop_ratio": 2,
         "zoom_prob": 0.5,
         "sigma_mm": float(decision(plan, "sigma_mm")),
+        "sigma_fraction": plan["decisions"].get("sigma_fraction", {}).get("value"),  # plans before it: fixed sigma
         "center_loss_weight": 200.0,
         "offset_loss_weight": 0.01,
         "pretrained_ckpt": "",

@@ -25,6 +25,8 @@ DECISIONS = ("target_spacing_mm", "normalisation", "patch_size", "batch_size", "
              "sigma_mm", "nms_mm", "min_size_mm", "center_threshold", "scale_augmentation", "folds", "epochs",
              "learning_rate", "samples_per_case")
 LAYOUTS = ("msd", "nnunet_v2", "microscopy")
+SIGMA_FRACTION = 0.5
+"""0.5 x the equivalent radius = 0.25 x the diameter: the same rule as sigma_mm, applied per instance."""
 
 
 # -- reading and writing ------------------------------------------------------------------------
@@ -302,6 +304,9 @@ def instance_decisions(dataset, fingerprint: dict) -> dict:
     smallest = f"the smallest thing class '{name}' (median diameter {d['median']:.4g} mm, 10th percentile {d['p10']:.4g} mm)"
     return {
         "sigma_mm": _decision(round(sigma, 6), f"0.25 x the median equivalent diameter of {smallest}"),
+        "sigma_fraction": _decision(SIGMA_FRACTION, "size-aware centres: an instance's blob is this fraction of its own "
+                                                    "equivalent radius (never below sigma_mm), so the median instance "
+                                                    "gets sigma_mm and a large one a wide single peak, not several"),
         "nms_mm": _decision(round(nms, 6), f"0.5 x the 10th-percentile diameter of {smallest}: two centres closer "
                                            "than that belong to one instance"),
         "min_size_mm": _decision(float(f"{min_size:.4g}"), f"0.5 x the 1st percentile of the true sizes of '{name}' "
