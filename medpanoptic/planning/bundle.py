@@ -95,10 +95,11 @@ def _interpolation(plan: dict) -> str:
     return "trilinear" if _spatial_dims(plan) == 3 else "bilinear"
 
 
-def _in_pixels(plan: dict) -> bool:
-    """Microscopy works on the images' own pixel grid: no resampling, sizes in mm through the planned
-    pixel size (`pixel_size_mm`), as a PNG states none (the shipped nuclei bundle does the same)."""
-    return plan["dataset"]["layout"] == "microscopy"
+def in_pixels(plan: dict) -> bool:
+    """Pictures (microscopy, and every 2D dataset) work on the images' own pixel grid: no resampling,
+    sizes in mm through the planned pixel size (`pixel_size_mm`), as a PNG states none; the
+    Segmenter rescales an image whose file states another pixel size, or estimates it."""
+    return plan["dataset"]["layout"] == "microscopy" or _spatial_dims(plan) == 2
 
 
 def network_def(plan: dict) -> dict:
@@ -132,7 +133,7 @@ def _common(plan: dict) -> dict:
         "n_classes": "$@label_set.max_id + 1",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "pixdim": [float(v) for v in decision(plan, "target_spacing_mm")],
-        "pixel_size_mm": "@pixdim" if _in_pixels(plan) else None,
+        "pixel_size_mm": "@pixdim" if in_pixels(plan) else None,
         "roi_size": [int(v) for v in decision(plan, "patch_size")],
         "sw_batch_size": 2,
         "overlap": 0.25,
@@ -148,8 +149,17 @@ def _sliding_window() -> dict:
             "overlap": "@overlap", "mode": "gaussian"}
 
 
+def _grey_to_channels(plan: dict) -> list[dict]:
+    """A grey picture given to a network of several channels (RGB) is repeated to them; any other
+    channel count is refused by name (`RepeatToChannelsd`)."""
+    channels = len(plan["dataset"]["channels"])
+    if not in_pixels(plan) or channels == 1:
+        return []
+    return [{"_target_": "medpanoptic.transforms.RepeatToChannelsd", "keys": "image", "channels": channels}]
+
+
 def _resample(plan: dict, keys: Sequence[str]) -> list[dict]:
-    if _in_pixels(plan):
+    if in_pixels(plan):
         return []
     return [{"_target_": "Spacingd", "keys": list(keys), "pixdim": "@pixdim",
              "mode": ["bilinear" if k == "image" else "nearest" for k in keys]}]
@@ -193,6 +203,7 @@ def inference_config(plan: dict) -> dict:
         "datalist": "$[s.as_dict() for s in find_scans([@dataset_dir])]",
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "medpanoptic.transforms.LoadScand", "keys": "image"},
+            *_grey_to_channels(plan),
             *_resample(plan, ["image"]),
             *normalisation(plan),
             {"_target_": "EnsureTyped", "keys": "image"},

@@ -24,7 +24,8 @@ from ..errors import InputError
 from ..io.atomic import atomic_paths, atomic_write_json
 from ..io.paths import inside, safe_component
 from ..labels import LabelSet
-from .bundle import KEY_METRIC, SPLITS_FILE, decision, default_postprocess, write_bundle, write_postprocess, write_readme
+from .bundle import (KEY_METRIC, SPLITS_FILE, decision, default_postprocess, in_pixels, write_bundle, write_postprocess,
+                     write_readme)
 from .plan import load_plan
 
 log = logging.getLogger(__name__)
@@ -109,20 +110,26 @@ def bundle_fingerprint(plan: dict) -> dict:
     from .transforms import load_case
 
     root, label_set = plan["dataset"]["root"], LabelSet.from_dict(plan["label_set"])
-    in_pixels = plan["dataset"]["layout"] == "microscopy"
+    pictures = in_pixels(plan)
     pairs = []
 
     def images():
         for entry in plan["cases"]:
             image, pair = load_case(entry, label_set, root)
-            if in_pixels:
+            if pictures:
                 pairs.append(pair)
-            yield image
+            yield image[:1] if pictures and _is_grey(image) else image
 
     document = domain_fingerprint(images(), modality=plan["dataset"].get("modality"))
-    if in_pixels:
+    if pictures:
         document["instances"] = instance_sizes(pairs, label_set.thing_ids, decision(plan, "target_spacing_mm"))
     return document
+
+
+def _is_grey(image: torch.Tensor) -> bool:
+    """A picture whose channels are all equal is a grey one stored as RGB: at inference grey pictures
+    come with one channel (the bundle repeats them), so the domain check must have seen them so."""
+    return image.shape[0] > 1 and bool((image == image[:1]).all())
 
 
 # -- exact resume -------------------------------------------------------------------------
