@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import zarr
 
-from medpanoptic.wsi.phantom import HE_COLOURS, TILE, _halve, write_volume_phantom, write_wsi_phantom
+from medpanoptic.wsi.phantom import (
+    HE_COLOURS,
+    TILE,
+    _halve,
+    write_volume_phantom,
+    write_wsi_phantom,
+)
 from medpanoptic.wsi.readers import open_slide
 
 SIZE = 2304  # 4.5 tiles: partial tiles at the right and bottom edges, three pyramid levels
@@ -144,7 +150,8 @@ def test_volume_phantom_nuclei_on_chunk_faces(tmp_path):
     instance = np.asarray(root["labels/instance/0"][:])
     label = np.asarray(root["labels/label/0"][:])
     assert int(instance.max()) == len(nuclei) == len(np.unique(instance)) - 1
-    assert image[instance > 0].mean() > 100 > 50 > image[label == 1].mean() > image[label == 0].mean()
+    assert image[instance > 0].mean() > 100
+    assert 50 > image[label == 1].mean() > image[label == 0].mean()
     on_face = np.flatnonzero(nuclei.on_border)
     assert len(on_face) > 0 and (~nuclei.on_border).sum() > 0  # on chunk faces and inside chunks
     for i in on_face:
@@ -180,3 +187,9 @@ def test_the_shipped_nuclei_bundle_segments_the_phantom(phantom, truth):
     result = Segmenter("nuclei_panoptic_2d")(image)
     quality = panoptic_quality(result.pair, expected, nuclei_labels()).summary()
     assert quality["pq_things"] > 0.8 and quality["pq_stuff"] > 0.8, quality
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path):
+    with pytest.raises(ValueError, match=r"COMPRESSION: invalid argument .NOTACODEC."):  # tifffile, mid-write
+        write_wsi_phantom(tmp_path, 600, compression="notacodec")
+    assert list(tmp_path.iterdir()) == []

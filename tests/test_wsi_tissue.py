@@ -9,7 +9,12 @@ import zarr
 from medpanoptic.wsi.phantom import write_wsi_phantom
 from medpanoptic.wsi.readers import open_slide
 from medpanoptic.wsi.slide import ArraySlide
-from medpanoptic.wsi.tissue import detection_level, otsu_threshold, tile_has_tissue, tissue_mask
+from medpanoptic.wsi.tissue import (
+    detection_level,
+    otsu_threshold,
+    tile_has_tissue,
+    tissue_mask,
+)
 
 
 @pytest.fixture(scope="module")

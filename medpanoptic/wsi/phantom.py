@@ -30,6 +30,7 @@ from scipy import ndimage
 from ..io.atomic import atomic_paths, atomic_write_text
 from ..io.paths import inside
 from ..labels import nuclei_labels
+from ..synthetic import HE_COLOURS
 
 WSI_PIXEL_SIZE_MM = 0.0005  # 0.5 µm per pixel: the nuclei bundle's
 TILE = 512
@@ -37,7 +38,6 @@ CELL = 64  # divides TILE; its centres (multiples of CELL) hit tile corners and 
 NUCLEUS_RADIUS_MM = (0.003, 0.006)  # as nuclei_phantom
 ELONGATION = 0.35
 CONTRASTS = (1.0, 0.85, 0.7)
-HE_COLOURS = {0: (242.0, 240.0, 244.0), 1: (228.0, 150.0, 190.0), 2: (95.0, 60.0, 160.0)}  # as nuclei_phantom
 TEXTURE_SIGMA, BLUR_SIGMA = 1.5, 0.7  # px, as nuclei_phantom
 _HALO = 9  # px: 3 for the blur + 6 for the texture filter
 
@@ -281,9 +281,17 @@ class _Scene:
 
     def he_tile(self, lo, hi) -> np.ndarray:
         """H&E-like RGB (uint8, rows x cols x 3) over [lo, hi), rendered as nuclei_phantom(rgb=True)."""
+        return self.he_tile_and_truth(lo, hi)[0]
+
+    def he_tile_and_truth(self, lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(RGB, label, instance) over [lo, hi): the truth is rasterised once for both."""
         lo, hi = np.asarray(lo), np.asarray(hi)
         glo, ghi = lo - 3, hi + 3  # the blur's halo
         label, instance = self.truth(glo, ghi)
+        inner = (slice(3, -3), slice(3, -3))
+        return self._render_he(glo, ghi, label, instance), label[inner], instance[inner]
+
+    def _render_he(self, glo, ghi, label, instance) -> np.ndarray:
         colours = np.asarray([HE_COLOURS[k] for k in sorted(HE_COLOURS)], dtype=np.float32)
         image = colours[label] * self.shade[instance][..., None]
         image += 10.0 * _texture(self.seed, glo, ghi)[..., None]
@@ -329,7 +337,6 @@ def write_wsi_phantom(
     written one by one, each level is built from the one above through a temporary chunked
     store, and the truth is written chunk by chunk.
     """
-    import tifffile
 
     if tile % CELL:
         raise ValueError(f"tile must be a multiple of {CELL}, got {tile}")
@@ -338,25 +345,39 @@ def write_wsi_phantom(
     out.mkdir(parents=True, exist_ok=True)
     scene = _Scene(shape, (WSI_PIXEL_SIZE_MM,) * 2, seed, (tile, tile), (CELL, CELL), touching_fraction)
     image_path, truth_path, nuclei_path = out / "phantom.ome.tif", out / "truth.ome.zarr", out / "nuclei.csv"
-    with tempfile.TemporaryDirectory(dir=out, prefix=".phantom-") as scratch, atomic_paths(image_path) as (tmp,):
-        levels = _level_shapes(shape)
-        stores = [_scratch_array(Path(scratch) / f"level{k}", s + (3,), tile // 2) for k, s in enumerate(levels[1:], 1)]
-        um = WSI_PIXEL_SIZE_MM * 1000
-        options = dict(tile=(tile, tile), photometric="rgb", compression=compression, dtype=np.uint8)
-        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
-            tif.write(_level0_tiles(scene, tile, stores[0] if stores else None), shape=shape + (3,),
-                      subifds=len(levels) - 1, resolution=(1e4 / um, 1e4 / um), resolutionunit="CENTIMETER",
-                      metadata={"axes": "YXS", "PhysicalSizeX": um, "PhysicalSizeXUnit": "µm",
-                                "PhysicalSizeY": um, "PhysicalSizeYUnit": "µm", "Name": f"medpanoptic phantom seed {seed}"},
-                      **options)
-            for k in range(1, len(levels)):
-                nxt = stores[k] if k < len(stores) else None
-                tif.write(_tiles_of(stores[k - 1], tile, nxt), shape=levels[k] + (3,), subfiletype=1,
-                          resolution=(1e4 / (um * 2**k), 1e4 / (um * 2**k)), resolutionunit="CENTIMETER", **options)
-    _write_truth(scene, truth_path, out, tile)
+    truth_tmp = out / f".{truth_path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        truth = _create_truth(scene, truth_tmp, tile)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".phantom-") as scratch, atomic_paths(image_path) as (tmp,):
+            _write_pyramid(scene, tmp, Path(scratch), tile, compression, truth)
+        _replace_dir(truth_tmp, truth_path, out)
+    except BaseException:
+        shutil.rmtree(truth_tmp, ignore_errors=True)
+        raise
     _write_nuclei_csv(scene.nuclei, nuclei_path)
     return WsiPhantom(image_path, truth_path, nuclei_path, shape, WSI_PIXEL_SIZE_MM, len(scene.nuclei),
                       int(scene.nuclei.on_border.sum()))
+
+
+def _write_pyramid(scene: _Scene, path: Path, scratch: Path, tile: int, compression: str, truth: dict) -> None:
+    """The OME-TIFF: level 0 tile by tile (its truth stored alongside), then each level from the one above."""
+    import tifffile
+
+    shape = scene.shape
+    levels = _level_shapes(shape)
+    stores = [_scratch_array(scratch / f"level{k}", s + (3,), tile // 2) for k, s in enumerate(levels[1:], 1)]
+    um = WSI_PIXEL_SIZE_MM * 1000
+    options = {"tile": (tile, tile), "photometric": "rgb", "compression": compression, "dtype": np.uint8}
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        tif.write(_level0_tiles(scene, tile, stores[0] if stores else None, truth), shape=shape + (3,),
+                  subifds=len(levels) - 1, resolution=(1e4 / um, 1e4 / um), resolutionunit="CENTIMETER",
+                  metadata={"axes": "YXS", "PhysicalSizeX": um, "PhysicalSizeXUnit": "µm",
+                            "PhysicalSizeY": um, "PhysicalSizeYUnit": "µm", "Name": f"medpanoptic phantom seed {scene.seed}"},
+                  **options)
+        for k in range(1, len(levels)):
+            nxt = stores[k] if k < len(stores) else None
+            tif.write(_tiles_of(stores[k - 1], tile, nxt), shape=levels[k] + (3,), subfiletype=1,
+                      resolution=(1e4 / (um * 2**k), 1e4 / (um * 2**k)), resolutionunit="CENTIMETER", **options)
 
 
 def _level_shapes(shape: tuple[int, ...], fits: int = 1024) -> list[tuple[int, ...]]:
@@ -380,11 +401,14 @@ def _halve(tile: np.ndarray) -> np.ndarray:
     return ((t[0::2, 0::2] + t[1::2, 0::2] + t[0::2, 1::2] + t[1::2, 1::2] + 2) // 4).astype(np.uint8)
 
 
-def _level0_tiles(scene: _Scene, tile: int, below) -> Iterator[np.ndarray]:
+def _level0_tiles(scene: _Scene, tile: int, below, truth: dict) -> Iterator[np.ndarray]:
     rows, cols = scene.shape
     for y in range(0, rows, tile):
         for x in range(0, cols, tile):
-            pixels = scene.he_tile((y, x), (min(y + tile, rows), min(x + tile, cols)))
+            hi = (min(y + tile, rows), min(x + tile, cols))
+            pixels, label, instance = scene.he_tile_and_truth((y, x), hi)
+            truth["label"][y:hi[0], x:hi[1]] = label
+            truth["instance"][y:hi[0], x:hi[1]] = instance
             if below is not None:
                 below[y // 2:y // 2 + (pixels.shape[0] + 1) // 2, x // 2:x // 2 + (pixels.shape[1] + 1) // 2] = _halve(pixels)
             yield pixels
@@ -411,32 +435,21 @@ def ngff_multiscales(name: str, axes: Sequence[str], pixel_size_mm: Sequence[flo
     }]
 
 
-def _write_truth(scene: _Scene, final: Path, out: Path, chunk: int) -> None:
-    """Label and instance images written chunk by chunk into a temporary folder, then renamed into place."""
+def _create_truth(scene: _Scene, path: Path, chunk: int) -> dict:
+    """Empty label and instance images (NGFF 0.4, chunks of one tile) for the tiles to fill."""
     import zarr
 
-    tmp = out / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        root = zarr.open_group(tmp, mode="w", zarr_format=2)
-        root.attrs["medpanoptic"] = {"label_set": nuclei_labels().to_dict(), "seed": scene.seed}
-        arrays = {}
-        for name, dtype in (("label", np.uint8), ("instance", np.int32)):
-            group = root.create_group(name)
-            group.attrs["multiscales"] = ngff_multiscales(name, "zyx"[-len(scene.shape):], scene.spacing)
-            group.attrs["image-label"] = {"version": "0.4", "colors": [
-                {"label-value": c.id, "rgba": [*c.color, 255]} for c in nuclei_labels().classes]} if name == "label" else {"version": "0.4"}
-            arrays[name] = group.create_array("0", shape=scene.shape, chunks=(chunk,) * len(scene.shape), dtype=dtype,
-                                              fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"})
-        for lo in product(*[range(0, n, chunk) for n in scene.shape]):
-            hi = tuple(min(a + chunk, n) for a, n in zip(lo, scene.shape))
-            label, instance = scene.truth(lo, hi)
-            box = tuple(slice(a, b) for a, b in zip(lo, hi))
-            arrays["label"][box] = label
-            arrays["instance"][box] = instance
-        _replace_dir(tmp, final, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    root.attrs["medpanoptic"] = {"label_set": nuclei_labels().to_dict(), "seed": scene.seed}
+    arrays = {}
+    for name, dtype in (("label", np.uint8), ("instance", np.int32)):
+        group = root.create_group(name)
+        group.attrs["multiscales"] = ngff_multiscales(name, "zyx"[-len(scene.shape):], scene.spacing)
+        group.attrs["image-label"] = {"version": "0.4", "colors": [
+            {"label-value": c.id, "rgba": [*c.color, 255]} for c in nuclei_labels().classes]} if name == "label" else {"version": "0.4"}
+        arrays[name] = group.create_array("0", shape=scene.shape, chunks=(chunk,) * len(scene.shape), dtype=dtype,
+                                          fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"})
+    return arrays
 
 
 def _replace_dir(tmp: Path, final: Path, root: Path) -> None:
