@@ -193,3 +193,14 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(ValueError, match=r"COMPRESSION: invalid argument .NOTACODEC."):  # tifffile, mid-write
         write_wsi_phantom(tmp_path, 600, compression="notacodec")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_processes_write_the_same_slide(tmp_path):
+    one = write_wsi_phantom(tmp_path / "one", 1100, seed=6, compression="deflate")
+    two = write_wsi_phantom(tmp_path / "two", 1100, seed=6, compression="deflate", workers=2)
+    box = (slice(0, 1100), slice(0, 1100))
+    with open_slide(one.image) as a, open_slide(two.image) as b:
+        np.testing.assert_array_equal(a.read(box), b.read(box))
+        np.testing.assert_array_equal(a.read((slice(0, 550), slice(0, 550)), 1), b.read((slice(0, 550), slice(0, 550)), 1))
+    for name in ("label/0", "instance/0"):
+        np.testing.assert_array_equal(zarr.open_group(one.truth, mode="r")[name][:], zarr.open_group(two.truth, mode="r")[name][:])

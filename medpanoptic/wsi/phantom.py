@@ -264,6 +264,7 @@ class _Scene:
     """Tissue, nuclei and the seed of one phantom: renders any box of it, image and truth."""
 
     def __init__(self, shape, spacing_mm, seed, tile, cell, touching_fraction) -> None:
+        self.args = (shape, spacing_mm, seed, tile, cell, touching_fraction)  # rebuilds it in a worker
         self.shape = tuple(int(n) for n in shape)
         self.spacing = tuple(float(s) for s in spacing_mm)
         self.seed = seed
@@ -327,7 +328,7 @@ class WsiPhantom:
 
 def write_wsi_phantom(
     out: str | os.PathLike, size: int | Sequence[int] = 16384, seed: int = 0, compression: str = "jpeg",
-    touching_fraction: float = 0.3, tile: int = TILE,
+    touching_fraction: float = 0.3, tile: int = TILE, workers: int = 1,
 ) -> WsiPhantom:
     """Write a whole-slide phantom into `out`: `phantom.ome.tif`, `truth.ome.zarr`, `nuclei.csv`.
 
@@ -335,7 +336,8 @@ def write_wsi_phantom(
     "deflate", levels halved until they fit in 1024 px, 0.5 µm per pixel in the OME metadata
     and the resolution tags). Memory stays constant whatever `size`: tiles are rendered and
     written one by one, each level is built from the one above through a temporary chunked
-    store, and the truth is written chunk by chunk.
+    store, and the truth is written chunk by chunk. `workers` processes render the tiles (the
+    same file for any number of them).
     """
 
     if tile % CELL:
@@ -349,7 +351,7 @@ def write_wsi_phantom(
     try:
         truth = _create_truth(scene, truth_tmp, tile)
         with tempfile.TemporaryDirectory(dir=out, prefix=".phantom-") as scratch, atomic_paths(image_path) as (tmp,):
-            _write_pyramid(scene, tmp, Path(scratch), tile, compression, truth)
+            _write_pyramid(scene, tmp, Path(scratch), tile, compression, truth, workers)
         _replace_dir(truth_tmp, truth_path, out)
     except BaseException:
         shutil.rmtree(truth_tmp, ignore_errors=True)
@@ -359,7 +361,8 @@ def write_wsi_phantom(
                       int(scene.nuclei.on_border.sum()))
 
 
-def _write_pyramid(scene: _Scene, path: Path, scratch: Path, tile: int, compression: str, truth: dict) -> None:
+def _write_pyramid(scene: _Scene, path: Path, scratch: Path, tile: int, compression: str, truth: dict,
+                   workers: int = 1) -> None:
     """The OME-TIFF: level 0 tile by tile (its truth stored alongside), then each level from the one above."""
     import tifffile
 
@@ -369,7 +372,7 @@ def _write_pyramid(scene: _Scene, path: Path, scratch: Path, tile: int, compress
     um = WSI_PIXEL_SIZE_MM * 1000
     options = {"tile": (tile, tile), "photometric": "rgb", "compression": compression, "dtype": np.uint8}
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
-        tif.write(_level0_tiles(scene, tile, stores[0] if stores else None, truth), shape=shape + (3,),
+        tif.write(_level0_tiles(scene, tile, stores[0] if stores else None, truth, workers), shape=shape + (3,),
                   subifds=len(levels) - 1, resolution=(1e4 / um, 1e4 / um), resolutionunit="CENTIMETER",
                   metadata={"axes": "YXS", "PhysicalSizeX": um, "PhysicalSizeXUnit": "µm",
                             "PhysicalSizeY": um, "PhysicalSizeYUnit": "µm", "Name": f"medpanoptic phantom seed {scene.seed}"},
@@ -401,17 +404,53 @@ def _halve(tile: np.ndarray) -> np.ndarray:
     return ((t[0::2, 0::2] + t[1::2, 0::2] + t[0::2, 1::2] + t[1::2, 1::2] + 2) // 4).astype(np.uint8)
 
 
-def _level0_tiles(scene: _Scene, tile: int, below, truth: dict) -> Iterator[np.ndarray]:
+def _level0_tiles(scene: _Scene, tile: int, below, truth: dict, workers: int = 1) -> Iterator[np.ndarray]:
     rows, cols = scene.shape
-    for y in range(0, rows, tile):
-        for x in range(0, cols, tile):
-            hi = (min(y + tile, rows), min(x + tile, cols))
-            pixels, label, instance = scene.he_tile_and_truth((y, x), hi)
-            truth["label"][y:hi[0], x:hi[1]] = label
-            truth["instance"][y:hi[0], x:hi[1]] = instance
-            if below is not None:
-                below[y // 2:y // 2 + (pixels.shape[0] + 1) // 2, x // 2:x // 2 + (pixels.shape[1] + 1) // 2] = _halve(pixels)
-            yield pixels
+    boxes = [((y, x), (min(y + tile, rows), min(x + tile, cols))) for y in range(0, rows, tile) for x in range(0, cols, tile)]
+    for ((y, x), hi), (pixels, label, instance) in zip(boxes, _rendered(scene, boxes, workers)):
+        truth["label"][y:hi[0], x:hi[1]] = label
+        truth["instance"][y:hi[0], x:hi[1]] = instance
+        if below is not None:
+            below[y // 2:y // 2 + (pixels.shape[0] + 1) // 2, x // 2:x // 2 + (pixels.shape[1] + 1) // 2] = _halve(pixels)
+        yield pixels
+
+
+_WORKER_SCENE: _Scene | None = None
+
+
+def _start_worker(args) -> None:
+    global _WORKER_SCENE
+    _WORKER_SCENE = _Scene(*args)
+
+
+def _render_in_worker(box):
+    return _WORKER_SCENE.he_tile_and_truth(*box)
+
+
+def _rendered(scene: _Scene, boxes: list, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(RGB, label, instance) of each box in order; with `workers` > 1 rendered by that many processes.
+
+    At most two tiles per worker are in flight, so memory stays bounded however large the slide.
+    Every tile is a function of its position only: the output is the same for any `workers`.
+    """
+    if workers <= 1:
+        yield from (scene.he_tile_and_truth(lo, hi) for lo, hi in boxes)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from itertools import islice
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(scene.args,)) as pool:
+        queue = iter(boxes)
+        pending = deque(pool.submit(_render_in_worker, box) for box in islice(queue, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            box = next(queue, None)
+            if box is not None:
+                pending.append(pool.submit(_render_in_worker, box))
+            yield result
 
 
 def _tiles_of(level, tile: int, below) -> Iterator[np.ndarray]:
