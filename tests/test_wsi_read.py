@@ -306,3 +306,12 @@ def test_region_outside_and_missing_level(ome_slide):
 def test_unknown_reader_is_refused(ome_slide):
     with pytest.raises(InputError, match=r"unknown slide reader 'bioformats'"):
         open_slide(ome_slide, reader="bioformats")
+
+
+def test_a_dicom_folder_that_is_not_a_slide(tmp_path, pydicom_files):
+    import shutil
+
+    (tmp_path / "ct").mkdir()
+    shutil.copy(pydicom_files / "CT_small.dcm", tmp_path / "ct" / "CT_small.dcm")
+    with pytest.raises(InputError, match=r"ct: cannot read as DICOM WSI"):
+        open_slide(tmp_path / "ct")

@@ -86,3 +86,15 @@ def test_tile_lookup_maps_level0_boxes_onto_the_mask():
 def test_otsu_splits_two_populations():
     values = np.concatenate([np.full(100, 10.0), np.full(300, 50.0)])
     assert 10 <= otsu_threshold(values) < 50
+
+
+def test_volume_foreground_in_3d(tmp_path):
+    from medpanoptic.wsi.phantom import write_volume_phantom
+
+    path = tmp_path / "volume.ome.zarr"
+    write_volume_phantom(path, shape=(128, 192, 192), chunks=(64, 128, 128), seed=2)
+    truth = np.asarray(zarr.open_group(path, mode="r")["labels/label/0"][:]) > 0
+    with open_slide(path) as slide:
+        mask, down = tissue_mask(slide)
+    assert down == (1.0, 1.0, 1.0) and mask.shape == truth.shape
+    assert (mask == truth).mean() > 0.95
