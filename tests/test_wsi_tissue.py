@@ -92,7 +92,7 @@ def test_volume_foreground_in_3d(tmp_path):
     from medpanoptic.wsi.phantom import write_volume_phantom
 
     path = tmp_path / "volume.ome.zarr"
-    write_volume_phantom(path, shape=(128, 192, 192), chunks=(64, 128, 128), seed=2)
+    write_volume_phantom(path, shape=(64, 128, 128), chunks=(64, 128, 128), seed=2)  # smaller than a 100 µm cube
     truth = np.asarray(zarr.open_group(path, mode="r")["labels/label/0"][:]) > 0
     with open_slide(path) as slide:
         mask, down = tissue_mask(slide)
