@@ -109,6 +109,7 @@ def _configure_phantom(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", nargs="?", help="folder to create (Medical Segmentation Decathlon layout unless --layout)")
     p.add_argument("--out", dest="out_option", metavar="DIR", help="the same folder, as an option")
     p.add_argument("--wsi", action="store_true", help="a pyramidal whole-slide TIFF at 0.5 µm/px with its truth as OME-Zarr")
+    p.add_argument("--workers", type=int, default=1, help="--wsi: processes rendering tiles (default 1)")
     p.add_argument("--size", type=int, default=16384, help="--wsi: slide width and height in pixels (default 16384)")
     p.add_argument("--n", "--cases", type=int, default=4, help="number of cases (default 4)")
     p.add_argument("--dims", type=int, choices=(2, 3), default=3, help="3: CT lesions, 2: microscopy nuclei")
@@ -194,7 +195,7 @@ def _run_wsi_phantom(args: argparse.Namespace) -> int:
 
     if args.size < 64:
         raise MedPanopticError(f"--size must be at least 64 pixels, got {args.size}")
-    ph = write_wsi_phantom(args.out, args.size, seed=args.seed)
+    ph = write_wsi_phantom(args.out, args.size, seed=args.seed, workers=args.workers)
     print(f"wrote a {ph.shape[0]} x {ph.shape[1]} slide at {ph.pixel_size_mm * 1000:g} µm/px to {ph.image} with "
           f"{ph.n_nuclei} nuclei ({ph.n_on_border} centred on tile borders); truth: {ph.truth}, {ph.nuclei}")
     return 0

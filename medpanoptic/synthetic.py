@@ -23,6 +23,10 @@ from .io.scan import make_meta_tensor
 from .labels import LabelSet, ct_lesion_labels, nuclei_labels
 
 
+HE_COLOURS = {0: (242.0, 240.0, 244.0), 1: (228.0, 150.0, 190.0), 2: (95.0, 60.0, 160.0)}
+"""H&E-like RGB of glass (0), tissue (1) and nuclei (2) in the RGB nuclei phantoms (`wsi.phantom` too)."""
+
+
 @dataclass
 class Phantom:
     """An image (1 or 3 channels, float32) with its ground-truth pair and label set, on one grid."""
@@ -288,9 +292,8 @@ def nuclei_phantom(
 
     fine = _smooth_noise(rng, shape, 1.5)
     if rgb:
-        colors = {0: (242.0, 240.0, 244.0), 1: (228.0, 150.0, 190.0), 2: (95.0, 60.0, 160.0)}
         image = np.zeros((3,) + shape, dtype=np.float32)
-        for cls, rgb_value in colors.items():
+        for cls, rgb_value in HE_COLOURS.items():
             m = label == cls
             for c in range(3):
                 image[c][m] = rgb_value[c]

@@ -306,3 +306,26 @@ def test_region_outside_and_missing_level(ome_slide):
 def test_unknown_reader_is_refused(ome_slide):
     with pytest.raises(InputError, match=r"unknown slide reader 'bioformats'"):
         open_slide(ome_slide, reader="bioformats")
+
+
+def test_a_dicom_folder_that_is_not_a_slide(tmp_path, pydicom_files):
+    import shutil
+
+    (tmp_path / "ct").mkdir()
+    shutil.copy(pydicom_files / "CT_small.dcm", tmp_path / "ct" / "CT_small.dcm")
+    with pytest.raises(InputError, match=r"ct: cannot read as DICOM WSI"):
+        open_slide(tmp_path / "ct")
+
+
+@pytest.mark.parametrize(("resolution", "unit", "expected_mm"), [
+    ((20000.0, 25000.0), "CENTIMETER", (0.0004, 0.0005)),  # (x, y) pixels per cm
+    ((50800.0, 50800.0), "INCH", (0.0005, 0.0005)),
+])
+def test_pixel_size_from_the_resolution_tags(tmp_path, resolution, unit, expected_mm):
+    import tifffile
+
+    path = tmp_path / "tags.tif"
+    tifffile.imwrite(path, _rgb((256, 256)), tile=(128, 128), photometric="rgb", resolution=resolution,
+                     resolutionunit=unit, metadata=None)
+    with open_slide(path) as slide:
+        assert slide.pixel_size_mm == pytest.approx(expected_mm)

@@ -9,7 +9,12 @@ import zarr
 from medpanoptic.wsi.phantom import write_wsi_phantom
 from medpanoptic.wsi.readers import open_slide
 from medpanoptic.wsi.slide import ArraySlide
-from medpanoptic.wsi.tissue import detection_level, otsu_threshold, tile_has_tissue, tissue_mask
+from medpanoptic.wsi.tissue import (
+    detection_level,
+    otsu_threshold,
+    tile_has_tissue,
+    tissue_mask,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +86,15 @@ def test_tile_lookup_maps_level0_boxes_onto_the_mask():
 def test_otsu_splits_two_populations():
     values = np.concatenate([np.full(100, 10.0), np.full(300, 50.0)])
     assert 10 <= otsu_threshold(values) < 50
+
+
+def test_volume_foreground_in_3d(tmp_path):
+    from medpanoptic.wsi.phantom import write_volume_phantom
+
+    path = tmp_path / "volume.ome.zarr"
+    write_volume_phantom(path, shape=(64, 128, 128), chunks=(64, 128, 128), seed=2)  # smaller than a 100 µm cube
+    truth = np.asarray(zarr.open_group(path, mode="r")["labels/label/0"][:]) > 0
+    with open_slide(path) as slide:
+        mask, down = tissue_mask(slide)
+    assert down == (1.0, 1.0, 1.0) and mask.shape == truth.shape
+    assert (mask == truth).mean() > 0.95

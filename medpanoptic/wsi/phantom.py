@@ -7,7 +7,7 @@ the smoothing) in any order, without seams, and its truth matches it exactly.
 
 Nuclei look like `synthetic.nuclei_phantom(rgb=True)`'s (what the nuclei bundle was trained
 on): the same radii (3-6 µm, elongated up to 35 %), the same H&E colours, shading, texture,
-noise and blur. They are placed one per cell of a grid whose cell centres fall on every tile
+noise and blur. They are placed two or three per cell of a grid whose cell centres fall on every tile
 corner and tile-border midpoint; those cells always hold a nucleus centred exactly there, so
 every tiling by a multiple of the tile size cuts nuclei in two and in four. Touching pairs
 share a cell.
@@ -30,6 +30,7 @@ from scipy import ndimage
 from ..io.atomic import atomic_paths, atomic_write_text
 from ..io.paths import inside
 from ..labels import nuclei_labels
+from ..synthetic import HE_COLOURS
 
 WSI_PIXEL_SIZE_MM = 0.0005  # 0.5 µm per pixel: the nuclei bundle's
 TILE = 512
@@ -37,7 +38,6 @@ CELL = 64  # divides TILE; its centres (multiples of CELL) hit tile corners and 
 NUCLEUS_RADIUS_MM = (0.003, 0.006)  # as nuclei_phantom
 ELONGATION = 0.35
 CONTRASTS = (1.0, 0.85, 0.7)
-HE_COLOURS = {0: (242.0, 240.0, 244.0), 1: (228.0, 150.0, 190.0), 2: (95.0, 60.0, 160.0)}  # as nuclei_phantom
 TEXTURE_SIGMA, BLUR_SIGMA = 1.5, 0.7  # px, as nuclei_phantom
 _HALO = 9  # px: 3 for the blur + 6 for the texture filter
 
@@ -152,19 +152,22 @@ class Nuclei:
 
 def place_nuclei(
     seed: int, shape: Sequence[int], spacing_mm: Sequence[float], cell: Sequence[int], tile: Sequence[int],
-    tissue: _TissueField, touching_fraction: float = 0.3, occupancy: float = 0.85,
-    radius_mm: tuple[float, float] = NUCLEUS_RADIUS_MM,
+    tissue: _TissueField, touching_fraction: float = 0.3, occupancy: float = 0.9,
+    radius_mm: tuple[float, float] = NUCLEUS_RADIUS_MM, per_cell: tuple[int, int] = (2, 3),
 ) -> Nuclei:
     """Nuclei cell by cell: one (or a touching pair) per cell whose centre is tissue, never crossing cells.
 
     Cells centred on a tile corner or the middle of a tile border (every tile face in 3D) hold
-    one nucleus centred exactly there; the others hold theirs jittered within the cell.
+    one nucleus centred exactly there; the others hold theirs jittered within the cell. Each
+    cell then takes `per_cell` nuclei in all where they fit apart (a gap of 2.5 px, as in
+    nuclei_phantom), for nuclei_phantom's density.
     """
     rng = np.random.default_rng([seed, 11])
     shape, spacing = np.asarray(shape), np.asarray(spacing_mm, dtype=float)
     cell, tile = np.asarray(cell), np.asarray(tile)
     ndim = len(shape)
     needed = 2 * (np.ceil(radius_mm[1] * (1 + ELONGATION) / spacing) + 1) + 4
+    gap_mm = 2.5 * float(spacing.max())  # as nuclei_phantom
     if np.any(cell < needed):
         raise ValueError(f"cells of {tuple(cell)} px cannot hold nuclei of up to {tuple(needed)} px: use larger tiles or chunks")
     per_tile = tile // cell
@@ -194,12 +197,29 @@ def place_nuclei(
             extent = reach[0]
         room = np.maximum(cell / 2 - 2 - extent, 0)
         jitter = np.zeros(ndim) if exact else rng.uniform(-room, room)
+        members = []
         for (r, rot), off in zip(blobs, offsets):
+            members.append((center + jitter + off, r.max()))
             centers.append(center + jitter + off)
             radii.append(r)
             rotations.append(rot)
             contrast.append(float(rng.choice(CONTRASTS)))
             border.append(exact)
+        # more nuclei, kept apart, until the cell holds as many as nuclei_phantom's tissue does
+        wanted = int(rng.integers(per_cell[0], per_cell[1] + 1))
+        for _ in range(20):
+            if len(members) >= wanted:
+                break
+            r, rot = _random_nucleus(rng, ndim, radius_mm)
+            room = cell / 2 - 2 - (np.ceil(r.max() / spacing) + 1)
+            candidate = center + rng.uniform(-room, room)
+            if all(np.linalg.norm((candidate - m) * spacing) >= r.max() + mr + gap_mm for m, mr in members):
+                members.append((candidate, r.max()))
+                centers.append(candidate)
+                radii.append(r)
+                rotations.append(rot)
+                contrast.append(float(rng.choice(CONTRASTS)))
+                border.append(False)
     centers = np.asarray(centers, dtype=float).reshape(-1, ndim)
     radii = np.asarray(radii, dtype=float).reshape(-1, ndim)
     reach = (np.ceil(radii.max(1, initial=0)[:, None] / spacing) + 1).astype(int) if len(radii) else np.zeros((0, ndim), int)
@@ -244,6 +264,7 @@ class _Scene:
     """Tissue, nuclei and the seed of one phantom: renders any box of it, image and truth."""
 
     def __init__(self, shape, spacing_mm, seed, tile, cell, touching_fraction) -> None:
+        self.args = (shape, spacing_mm, seed, tile, cell, touching_fraction)  # rebuilds it in a worker
         self.shape = tuple(int(n) for n in shape)
         self.spacing = tuple(float(s) for s in spacing_mm)
         self.seed = seed
@@ -261,9 +282,17 @@ class _Scene:
 
     def he_tile(self, lo, hi) -> np.ndarray:
         """H&E-like RGB (uint8, rows x cols x 3) over [lo, hi), rendered as nuclei_phantom(rgb=True)."""
+        return self.he_tile_and_truth(lo, hi)[0]
+
+    def he_tile_and_truth(self, lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(RGB, label, instance) over [lo, hi): the truth is rasterised once for both."""
         lo, hi = np.asarray(lo), np.asarray(hi)
         glo, ghi = lo - 3, hi + 3  # the blur's halo
         label, instance = self.truth(glo, ghi)
+        inner = (slice(3, -3), slice(3, -3))
+        return self._render_he(glo, ghi, label, instance), label[inner], instance[inner]
+
+    def _render_he(self, glo, ghi, label, instance) -> np.ndarray:
         colours = np.asarray([HE_COLOURS[k] for k in sorted(HE_COLOURS)], dtype=np.float32)
         image = colours[label] * self.shade[instance][..., None]
         image += 10.0 * _texture(self.seed, glo, ghi)[..., None]
@@ -299,7 +328,7 @@ class WsiPhantom:
 
 def write_wsi_phantom(
     out: str | os.PathLike, size: int | Sequence[int] = 16384, seed: int = 0, compression: str = "jpeg",
-    touching_fraction: float = 0.3, tile: int = TILE,
+    touching_fraction: float = 0.3, tile: int = TILE, workers: int = 1,
 ) -> WsiPhantom:
     """Write a whole-slide phantom into `out`: `phantom.ome.tif`, `truth.ome.zarr`, `nuclei.csv`.
 
@@ -307,9 +336,9 @@ def write_wsi_phantom(
     "deflate", levels halved until they fit in 1024 px, 0.5 µm per pixel in the OME metadata
     and the resolution tags). Memory stays constant whatever `size`: tiles are rendered and
     written one by one, each level is built from the one above through a temporary chunked
-    store, and the truth is written chunk by chunk.
+    store, and the truth is written chunk by chunk. `workers` processes render the tiles (the
+    same file for any number of them).
     """
-    import tifffile
 
     if tile % CELL:
         raise ValueError(f"tile must be a multiple of {CELL}, got {tile}")
@@ -318,25 +347,40 @@ def write_wsi_phantom(
     out.mkdir(parents=True, exist_ok=True)
     scene = _Scene(shape, (WSI_PIXEL_SIZE_MM,) * 2, seed, (tile, tile), (CELL, CELL), touching_fraction)
     image_path, truth_path, nuclei_path = out / "phantom.ome.tif", out / "truth.ome.zarr", out / "nuclei.csv"
-    with tempfile.TemporaryDirectory(dir=out, prefix=".phantom-") as scratch, atomic_paths(image_path) as (tmp,):
-        levels = _level_shapes(shape)
-        stores = [_scratch_array(Path(scratch) / f"level{k}", s + (3,), tile // 2) for k, s in enumerate(levels[1:], 1)]
-        um = WSI_PIXEL_SIZE_MM * 1000
-        options = dict(tile=(tile, tile), photometric="rgb", compression=compression, dtype=np.uint8)
-        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
-            tif.write(_level0_tiles(scene, tile, stores[0] if stores else None), shape=shape + (3,),
-                      subifds=len(levels) - 1, resolution=(1e4 / um, 1e4 / um), resolutionunit="CENTIMETER",
-                      metadata={"axes": "YXS", "PhysicalSizeX": um, "PhysicalSizeXUnit": "µm",
-                                "PhysicalSizeY": um, "PhysicalSizeYUnit": "µm", "Name": f"medpanoptic phantom seed {seed}"},
-                      **options)
-            for k in range(1, len(levels)):
-                nxt = stores[k] if k < len(stores) else None
-                tif.write(_tiles_of(stores[k - 1], tile, nxt), shape=levels[k] + (3,), subfiletype=1,
-                          resolution=(1e4 / (um * 2**k), 1e4 / (um * 2**k)), resolutionunit="CENTIMETER", **options)
-    _write_truth(scene, truth_path, out, tile)
+    truth_tmp = out / f".{truth_path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        truth = _create_truth(scene, truth_tmp, tile)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".phantom-") as scratch, atomic_paths(image_path) as (tmp,):
+            _write_pyramid(scene, tmp, Path(scratch), tile, compression, truth, workers)
+        _replace_dir(truth_tmp, truth_path, out)
+    except BaseException:
+        shutil.rmtree(truth_tmp, ignore_errors=True)
+        raise
     _write_nuclei_csv(scene.nuclei, nuclei_path)
     return WsiPhantom(image_path, truth_path, nuclei_path, shape, WSI_PIXEL_SIZE_MM, len(scene.nuclei),
                       int(scene.nuclei.on_border.sum()))
+
+
+def _write_pyramid(scene: _Scene, path: Path, scratch: Path, tile: int, compression: str, truth: dict,
+                   workers: int = 1) -> None:
+    """The OME-TIFF: level 0 tile by tile (its truth stored alongside), then each level from the one above."""
+    import tifffile
+
+    shape = scene.shape
+    levels = _level_shapes(shape)
+    stores = [_scratch_array(scratch / f"level{k}", s + (3,), tile // 2) for k, s in enumerate(levels[1:], 1)]
+    um = WSI_PIXEL_SIZE_MM * 1000
+    options = {"tile": (tile, tile), "photometric": "rgb", "compression": compression, "dtype": np.uint8}
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        tif.write(_level0_tiles(scene, tile, stores[0] if stores else None, truth, workers), shape=shape + (3,),
+                  subifds=len(levels) - 1, resolution=(1e4 / um, 1e4 / um), resolutionunit="CENTIMETER",
+                  metadata={"axes": "YXS", "PhysicalSizeX": um, "PhysicalSizeXUnit": "µm",
+                            "PhysicalSizeY": um, "PhysicalSizeYUnit": "µm", "Name": f"medpanoptic phantom seed {scene.seed}"},
+                  **options)
+        for k in range(1, len(levels)):
+            nxt = stores[k] if k < len(stores) else None
+            tif.write(_tiles_of(stores[k - 1], tile, nxt), shape=levels[k] + (3,), subfiletype=1,
+                      resolution=(1e4 / (um * 2**k), 1e4 / (um * 2**k)), resolutionunit="CENTIMETER", **options)
 
 
 def _level_shapes(shape: tuple[int, ...], fits: int = 1024) -> list[tuple[int, ...]]:
@@ -360,14 +404,53 @@ def _halve(tile: np.ndarray) -> np.ndarray:
     return ((t[0::2, 0::2] + t[1::2, 0::2] + t[0::2, 1::2] + t[1::2, 1::2] + 2) // 4).astype(np.uint8)
 
 
-def _level0_tiles(scene: _Scene, tile: int, below) -> Iterator[np.ndarray]:
+def _level0_tiles(scene: _Scene, tile: int, below, truth: dict, workers: int = 1) -> Iterator[np.ndarray]:
     rows, cols = scene.shape
-    for y in range(0, rows, tile):
-        for x in range(0, cols, tile):
-            pixels = scene.he_tile((y, x), (min(y + tile, rows), min(x + tile, cols)))
-            if below is not None:
-                below[y // 2:y // 2 + (pixels.shape[0] + 1) // 2, x // 2:x // 2 + (pixels.shape[1] + 1) // 2] = _halve(pixels)
-            yield pixels
+    boxes = [((y, x), (min(y + tile, rows), min(x + tile, cols))) for y in range(0, rows, tile) for x in range(0, cols, tile)]
+    for ((y, x), hi), (pixels, label, instance) in zip(boxes, _rendered(scene, boxes, workers)):
+        truth["label"][y:hi[0], x:hi[1]] = label
+        truth["instance"][y:hi[0], x:hi[1]] = instance
+        if below is not None:
+            below[y // 2:y // 2 + (pixels.shape[0] + 1) // 2, x // 2:x // 2 + (pixels.shape[1] + 1) // 2] = _halve(pixels)
+        yield pixels
+
+
+_WORKER_SCENE: _Scene | None = None
+
+
+def _start_worker(args) -> None:
+    global _WORKER_SCENE
+    _WORKER_SCENE = _Scene(*args)
+
+
+def _render_in_worker(box):
+    return _WORKER_SCENE.he_tile_and_truth(*box)
+
+
+def _rendered(scene: _Scene, boxes: list, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(RGB, label, instance) of each box in order; with `workers` > 1 rendered by that many processes.
+
+    At most two tiles per worker are in flight, so memory stays bounded however large the slide.
+    Every tile is a function of its position only: the output is the same for any `workers`.
+    """
+    if workers <= 1:
+        yield from (scene.he_tile_and_truth(lo, hi) for lo, hi in boxes)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from itertools import islice
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(scene.args,)) as pool:
+        queue = iter(boxes)
+        pending = deque(pool.submit(_render_in_worker, box) for box in islice(queue, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            box = next(queue, None)
+            if box is not None:
+                pending.append(pool.submit(_render_in_worker, box))
+            yield result
 
 
 def _tiles_of(level, tile: int, below) -> Iterator[np.ndarray]:
@@ -391,32 +474,21 @@ def ngff_multiscales(name: str, axes: Sequence[str], pixel_size_mm: Sequence[flo
     }]
 
 
-def _write_truth(scene: _Scene, final: Path, out: Path, chunk: int) -> None:
-    """Label and instance images written chunk by chunk into a temporary folder, then renamed into place."""
+def _create_truth(scene: _Scene, path: Path, chunk: int) -> dict:
+    """Empty label and instance images (NGFF 0.4, chunks of one tile) for the tiles to fill."""
     import zarr
 
-    tmp = out / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        root = zarr.open_group(tmp, mode="w", zarr_format=2)
-        root.attrs["medpanoptic"] = {"label_set": nuclei_labels().to_dict(), "seed": scene.seed}
-        arrays = {}
-        for name, dtype in (("label", np.uint8), ("instance", np.int32)):
-            group = root.create_group(name)
-            group.attrs["multiscales"] = ngff_multiscales(name, "zyx"[-len(scene.shape):], scene.spacing)
-            group.attrs["image-label"] = {"version": "0.4", "colors": [
-                {"label-value": c.id, "rgba": [*c.color, 255]} for c in nuclei_labels().classes]} if name == "label" else {"version": "0.4"}
-            arrays[name] = group.create_array("0", shape=scene.shape, chunks=(chunk,) * len(scene.shape), dtype=dtype,
-                                              fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"})
-        for lo in product(*[range(0, n, chunk) for n in scene.shape]):
-            hi = tuple(min(a + chunk, n) for a, n in zip(lo, scene.shape))
-            label, instance = scene.truth(lo, hi)
-            box = tuple(slice(a, b) for a, b in zip(lo, hi))
-            arrays["label"][box] = label
-            arrays["instance"][box] = instance
-        _replace_dir(tmp, final, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    root.attrs["medpanoptic"] = {"label_set": nuclei_labels().to_dict(), "seed": scene.seed}
+    arrays = {}
+    for name, dtype in (("label", np.uint8), ("instance", np.int32)):
+        group = root.create_group(name)
+        group.attrs["multiscales"] = ngff_multiscales(name, "zyx"[-len(scene.shape):], scene.spacing)
+        group.attrs["image-label"] = {"version": "0.4", "colors": [
+            {"label-value": c.id, "rgba": [*c.color, 255]} for c in nuclei_labels().classes]} if name == "label" else {"version": "0.4"}
+        arrays[name] = group.create_array("0", shape=scene.shape, chunks=(chunk,) * len(scene.shape), dtype=dtype,
+                                          fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"})
+    return arrays
 
 
 def _replace_dir(tmp: Path, final: Path, root: Path) -> None:

@@ -4,7 +4,8 @@ Brightfield (RGB) slides: tissue is coloured and absorbs light, glass is grey-wh
 is tissue where its saturation passes Otsu's threshold (kept within [0.05, 0.15]) and its
 optical density a floor, so that a blank slide has no tissue. Grey (fluorescence) images and volumes: foreground is
 brighter than background, thresholded by Otsu on a smoothed view. Specks smaller than
-`min_object_um` across and holes smaller than `min_hole_um` are removed.
+`min_object_um` across and holes smaller than `min_hole_um` are removed (squares, or cubes in
+3D, capped at 1 % of the view).
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ def tissue_mask(
         mask = _brightfield(view[..., :3])
     else:
         mask = _fluorescence(view[..., 0].astype(np.float32))
+    # sizes in physical units, but never more than 1 % of the view: a small view keeps its tissue
     pixel_area = float(np.prod(view_um))
-    min_object = (min_object_um ** mask.ndim) / pixel_area
-    min_hole = (min_hole_um ** mask.ndim) / pixel_area
+    min_object = min(min_object_um ** mask.ndim / pixel_area, 0.01 * mask.size)
+    min_hole = min(min_hole_um ** mask.ndim / pixel_area, 0.01 * mask.size)
     mask = _drop_small(mask, min_object)
     mask = ~_drop_small(~mask, min_hole)
     return mask, down

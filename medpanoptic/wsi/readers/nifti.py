@@ -26,7 +26,12 @@ class NiftiSlide(LazySlide):
         import nibabel as nib
 
         from ...io.geometry import check_orthonormal
-        from ...io.nifti import _check_nifti_geometry, _check_nifti_length, _quiet_nibabel, _raw_header
+        from ...io.nifti import (
+            _check_nifti_geometry,
+            _check_nifti_length,
+            _quiet_nibabel,
+            _raw_header,
+        )
 
         self.path = Path(path)
         if self.path.name.lower().endswith(".gz"):
