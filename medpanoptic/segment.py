@@ -397,7 +397,6 @@ class Segmenter:
         """Segment one scan (a path, or an image MetaTensor); `postprocess` as in `infer`."""
         from .io.inputs import case_name
         from .io.panoptic import source_identity
-        from .transforms import source_grid_pair
 
         image = self.load(scan, series_uid)
         domain = self.check_domain(image)

@@ -30,7 +30,7 @@ from ..labels import LabelSet
 from ..nets import HeadLayout
 from ..postprocess import PostprocessConfig, group_instances
 from .slide import Slide
-from .stitch import OwnedTile, id_dtype, own_instances
+from .stitch import id_dtype, own_instances
 from .tiles import Tile, TileGrid, read_tile, tile_grid
 from .writers import SlideWriter, check_disk, estimate_bytes, run_fingerprint
 
