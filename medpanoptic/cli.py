@@ -401,7 +401,8 @@ def _remote_inputs(args: argparse.Namespace) -> list[str]:
 
 def run_segment(args: argparse.Namespace) -> int:
     from .cohort import segment_cohort
-    from .segment import bundle_path, parse_folds, parse_tta
+    from .ensemble import parse_folds, parse_tta
+    from .segment import bundle_path
 
     check_device(args.device)
     slides = _slide_inputs(args)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import torch
 from monai.data import MetaTensor
 
+from .ensemble import model_weights, parse_tta
 from .errors import InputError, PanopticError
 from .io.formats import WRITERS, check_formats, write_formats
 from .io.segments import Numbering, segment_map
@@ -200,67 +201,6 @@ class PanopticResult:
         formats = [f for f in formats if self.pair.ndim - 1 in WRITERS[f].spatial_dims]  # GeoJSON: 2D only
         Path(stem).parent.mkdir(parents=True, exist_ok=True)
         return write_formats(self, stem, formats)
-
-
-_FOLD = re.compile(r"fold_(\d+)")
-
-
-def bundle_folds(bundle: Path) -> dict[int, Path]:
-    """{fold: weights} of the fold ensemble a bundle holds (`models/fold_<k>/model.pt`), by fold."""
-    models = bundle / "models"
-    found = {int(m.group(1)): d / "model.pt" for d in (models.iterdir() if models.is_dir() else ())
-             if (m := _FOLD.fullmatch(d.name)) and (d / "model.pt").is_file()}
-    return dict(sorted(found.items()))
-
-
-def model_weights(bundle: Path, folds: str | Iterable[int] | None = None) -> list[Path]:
-    """The weights inference averages: `folds` "all" or fold numbers (`models/fold_<k>/model.pt`);
-    `None`: `models/model.pt` where the bundle has one, else every fold it holds."""
-    single = bundle / "models" / "model.pt"
-    available = bundle_folds(bundle)
-    if folds is None:
-        if single.is_file() or not available:
-            if not single.is_file():
-                raise InputError(single, "missing: not a medpanoptic bundle folder")
-            return [single]
-        return list(available.values())
-    if folds == "all":
-        if not available:
-            raise InputError(bundle / "models", "no fold_<k>/model.pt: the bundle holds no fold ensemble")
-        return list(available.values())
-    wanted = parse_folds(folds) if isinstance(folds, str) else [int(k) for k in folds]
-    missing = [k for k in wanted if k not in available]
-    if missing or not wanted:
-        held = ", ".join(map(str, available)) or "none"
-        raise InputError(bundle / "models", f"fold(s) {', '.join(map(str, missing)) or '(none given)'} not in "
-                                            f"this bundle (its folds: {held})")
-    return [available[k] for k in dict.fromkeys(wanted)]
-
-
-def parse_folds(text: str) -> str | list[int]:
-    """`--folds` as written: "all", or fold numbers separated by commas ("0,2")."""
-    if text.strip() == "all":
-        return "all"
-    try:
-        folds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        folds = []
-    if not folds or min(folds) < 0:
-        raise InputError(None, f"--folds {text!r}: expected 'all' or fold numbers such as 0,2")
-    return folds
-
-
-def parse_tta(text: str) -> bool | list[int]:
-    """`--tta` as written: "all" (every spatial axis), or the spatial axes to flip along ("0,1")."""
-    if text.strip() == "all":
-        return True
-    try:
-        axes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        axes = []
-    if not axes or min(axes) < 0:
-        raise InputError(None, f"--tta {text!r}: expected 'all' or spatial axes such as 0,1")
-    return axes
 
 
 class Segmenter:
