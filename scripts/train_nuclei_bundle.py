@@ -6,6 +6,8 @@ few decisions a CPU budget and the bundle's purpose ask for (each with its reaso
 trains one fold and copies the generated configs and weights into `bundles/nuclei_panoptic_2d`.
 
     python scripts/train_nuclei_bundle.py --work /tmp/nuclei_plan [--epochs 20] [--install]
+    python scripts/train_nuclei_bundle.py --work /tmp/nuclei_plan2 --init /tmp/nuclei_plan/bundle/models/model.pt \
+        --epochs 20 --learning-rate 0.001 --install      # a second cosine cycle from the first one's weights
 
 Grey (fluorescence-like) phantoms are stored repeated to RGB, so every case has the channels the
 network takes; at inference the generated config repeats a grey picture the same way.
@@ -49,7 +51,7 @@ def _decide(plan: dict, name: str, value, reason: str) -> None:
     plan["decisions"][name] = {"value": value, "reason": reason}
 
 
-def shipped_plan(dataset_root: Path, epochs: int) -> dict:
+def shipped_plan(dataset_root: Path, epochs: int, learning_rate: float | None = None) -> dict:
     """The data's plan, with the decisions this bundle makes on purpose (stated in the plan)."""
     plan = make_plan(load_dataset(dataset_root), gpu_memory_gb=2.0)
     _decide(plan, "network", {"backbone": "dynunet", "filters": [16, 32, 64, 128], "kernel_size": [[3, 3]] * 4,
@@ -62,6 +64,8 @@ def shipped_plan(dataset_root: Path, epochs: int) -> dict:
             "pictures rarely state their magnification: nuclei 0.6x to 1.7x the training size are seen in training, "
             "so a large nucleus is not cut in two (the scale estimate handles what lies beyond)")
     _decide(plan, "epochs", epochs, f"{CPU_BUDGET}: the validation PQ has levelled off by then")
+    if learning_rate is not None:
+        _decide(plan, "learning_rate", learning_rate, "a second cosine cycle, from the first cycle's weights")
     return plan
 
 
@@ -89,13 +93,17 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--learning-rate", type=float, help="instead of the plan's")
+    parser.add_argument("--init", type=Path, help="start from these weights (a second training cycle)")
     parser.add_argument("--install", action="store_true", help="copy the result into bundles/nuclei_panoptic_2d")
     args = parser.parse_args()
     data = args.work / "dataset"
     if not (data / "dataset.json").is_file():
         write_training_set(data, args.cases, args.seed)
-    plan_path = save_plan(shipped_plan(data, args.epochs), args.work / "plan.json")
-    bundle = train(plan_path, folds=0, out=args.work / "bundle", resume=(args.work / "bundle").exists())
+    plan_path = save_plan(shipped_plan(data, args.epochs, args.learning_rate), args.work / "plan.json")
+    overrides = {"pretrained_ckpt": str(args.init.resolve())} if args.init else None
+    bundle = train(plan_path, folds=0, out=args.work / "bundle", resume=(args.work / "bundle").exists(),
+                   overrides=overrides)
     print(f"trained: {bundle}")
     if args.install:
         install(bundle)

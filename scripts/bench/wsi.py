@@ -32,9 +32,15 @@ FORMATS = ("zarr", "geojson", "table")
 
 
 def _phantom(folder: Path, size: int) -> Path:
+    """The phantom slide of side `size` in `folder` (written once, on every core; kept for the next run)."""
+    import os
+
     from medpanoptic.wsi.phantom import write_wsi_phantom
 
-    return write_wsi_phantom(folder / f"slide{size}", size, seed=1).image
+    image = folder / f"slide{size}" / "phantom.ome.tif"
+    if image.is_file():
+        return image
+    return write_wsi_phantom(folder / f"slide{size}", size, seed=1, workers=os.cpu_count() or 1).image
 
 
 def throughput(image: Path, roi_size: int, device: str | None, out: Path) -> None:
@@ -115,7 +121,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         work = Path(work)
-        images = {size: _phantom(work, size) for size in sizes}
+        images = {size: _phantom(Path(args.work) if args.work else work, size) for size in sizes}
         with busy_cores(args.busy):
             print(describe(args.busy))
             throughput(images[sizes[0]], args.roi_size, args.device, work)
