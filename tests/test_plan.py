@@ -462,3 +462,20 @@ def test_a_3d_microscopy_stack_without_pixel_size_plans_in_nominal_voxels(tmp_pa
     assert plan["decisions"]["target_spacing_mm"]["value"] == [0.001, 0.001, 0.001]
     assert "no pixel size" in plan["decisions"]["target_spacing_mm"]["reason"]
     assert plan["decisions"]["scale_augmentation"]["value"] == [0.6, 1.6]
+
+
+def test_the_gpu_training_benchmark_refuses_without_a_cuda_device_in_one_line(tmp_path):
+    """`scripts/bench/gpu_training.py` is for a lent GPU; without one it says so and writes nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "gpu_training.py"
+    done = subprocess.run([sys.executable, str(script), "--work", str(tmp_path / "work"), "--epochs", "1"],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip() == ("gpu_training.py: error: no CUDA device (torch.cuda.is_available() is False): "
+                                   "this benchmark needs a GPU")
+    assert not (tmp_path / "work").exists()
