@@ -226,7 +226,14 @@ def patch_batch_network(dataset, fingerprint: dict, spacing: list[float], gpu_me
                         base_filters: int) -> dict:
     """The largest patch (up to the median image at the target spacing) and batch that fit the memory budget."""
     from .memory import estimate_memory_gb, parameter_count
-    from .topology import MIN_FEATURE_MAP, MIN_LEVELS, divisor, fit_patch, plan_topology, smallest_patch
+    from .topology import (
+        MIN_FEATURE_MAP,
+        MIN_LEVELS,
+        divisor,
+        fit_patch,
+        plan_topology,
+        smallest_patch,
+    )
 
     dims, n_classes = dataset.spatial_dims, dataset.label_set.max_id + 1
     in_channels = len(dataset.channels)
