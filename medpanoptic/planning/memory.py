@@ -19,8 +19,9 @@ instance norm: 11.6-14.8 values per (voxel x filter) over 2D and 3D, isotropic a
 topologies, 16-512 filters; `PanopticLoss` adds 3.0 values per output voxel and channel.
 The measurement does not see the transient gradients of the backward pass: `BACKWARD_TRANSIENT`
 is a margin for them, not a fitted figure. `tests/test_plan.py` checks the model against that measurement on
-networks it was not fitted on; `scripts/bench/planning.py` (with a GPU) against
-`torch.cuda.max_memory_allocated`.
+networks it was not fitted on; `scripts/bench/gpu_training.py` (with a GPU, AMP on) against
+`torch.cuda.max_memory_allocated` over a real training run. `ALLOCATOR_SLACK` is a margin too,
+until that run has calibrated it.
 """
 
 from __future__ import annotations
