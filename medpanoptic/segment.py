@@ -370,6 +370,10 @@ class Segmenter:
                                      f"{self.spatial_dims}D {'volumes' if self.spatial_dims == 3 else 'images'}")
         if min(image.shape[1:]) < 2:
             raise InputError(source, f"a grid of {tuple(image.shape[1:])} voxels is too small to segment")
+        if self.channel_files > 1 and image.shape[0] != self.channel_files:
+            last = f"_{self.channel_files - 1:04d}"
+            raise InputError(source, f"{image.shape[0]} channel(s); the bundle {self.bundle.name} takes "
+                                     f"{self.channel_files}, one file per channel (<case>_0000 .. <case>{last})")
         return image
 
     def forward(self, image: MetaTensor) -> dict:

@@ -361,4 +361,21 @@ def test_a_channel_file_on_another_grid_is_a_one_line_error_naming_both_files(tw
     assert main(["segment", str(scans), "--bundle", str(bundle), "--out", str(tmp_path / "cli"), "--to", "nifti"]) == 1
     captured = capsys.readouterr()
     line = next(line for line in (captured.out + captured.err).splitlines() if "not on the grid" in line)
-    assert "phantom_0820" in line and str(first) in line
+    assert line.startswith(f"medpanoptic: error: case phantom_0820: {second}: not on the grid of the case's first "
+                           f"channel {first}")
+
+
+def test_a_lone_channel_file_is_refused_naming_the_channels_the_bundle_takes(two_channel, tmp_path, capsys):
+    """A case whose `_0001` file is missing stays a one-file case, refused in words (was: a convolution's
+    shape error deep inside the network)."""
+    import shutil
+
+    root, bundle = two_channel
+    (tmp_path / "imagesTs").mkdir()
+    shutil.copy(root / "imagesTr" / "phantom_0820_0000.nii.gz", tmp_path / "imagesTs")
+    assert main(["segment", str(tmp_path / "imagesTs"), "--bundle", str(bundle), "--out", str(tmp_path / "cli"),
+                 "--to", "nifti"]) == 1
+    err = capsys.readouterr().err
+    assert ("medpanoptic: error: case phantom_0820_0000: " in err
+            and "phantom_0820_0000.nii.gz: 1 channel(s); the bundle bundle takes 2, one file per channel "
+                "(<case>_0000 .. <case>_0001)" in err)
