@@ -33,11 +33,6 @@ class ScanInput:
     remote: object = field(default=None, compare=False, repr=False)  # a node's series, retrieved when read
     channel_files: tuple[Path, ...] = ()  # a case stored one file per channel: all of them, `path` first
 
-    @property
-    def source(self) -> Path | list[Path]:
-        """What to read: the scan path, or the list of its channel files."""
-        return list(self.channel_files) if self.channel_files else self.path
-
     def as_dict(self) -> dict:
         image = [str(p) for p in self.channel_files] if self.channel_files else str(self.path)
         return {"case": self.case, "image": image, "series_uid": self.series_uid or ""}
