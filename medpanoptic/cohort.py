@@ -58,6 +58,8 @@ class CohortReport:
 
 
 def _files_of(scan: ScanInput) -> list[Path]:
+    if scan.channel_files:
+        return [p for p in scan.channel_files if p.exists()]
     path = scan.path
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())
@@ -225,11 +227,11 @@ def segment_cohort(
             dist.init_process_group("nccl" if device and device.startswith("cuda") else "gloo")
     out, bundle = Path(out), bundle_path(bundle)
     with _output_folder(out), _claimed(out, rank, distributed):
-        scans = find_scans(inputs, node_cases(out / PACS_CACHE))
-        mine = scans[rank::world]
-        report = CohortReport()
         segmenter = segmenter or Segmenter.from_bundle(bundle, device=device, tta=tta, folds=folds,
                                                        strict_domain=strict_domain, pixel_size=pixel_size)
+        scans = find_scans(inputs, node_cases(out / PACS_CACHE), channels=getattr(segmenter, "channel_files", 1))
+        mine = scans[rank::world]
+        report = CohortReport()
         weights, options = getattr(segmenter, "weights", None), getattr(segmenter, "inference_options", "")
         if pixel_size:
             options += f"|pixel_size={pixel_size}"
@@ -247,6 +249,8 @@ def segment_cohort(
             if scan.remote is not None:
                 scan.remote.fetch()  # a node's series is retrieved here, on the reader thread
             raise_if_failed(scan.path)  # a query or listing a DICOM node did not answer fails with its reason
+            if scan.channel_files:
+                return segmenter.load(list(scan.channel_files), case=scan.case)
             return segmenter.load(scan.path, scan.series_uid or None)
 
         with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:

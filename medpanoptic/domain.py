@@ -40,10 +40,15 @@ class Tolerances:
     `intensity`: how far one of the scan's percentiles may lie outside the envelope of the training
     images' percentiles, as a fraction of the training's typical p1-p99 range; a quarter of it
     is far more than scanner-to-scanner drift, and far less than a change of modality or window.
+    `field_of_view_2d`: whether 2D images are judged on field of view at all. They are not: a 2D
+    picture (a micrograph, a slide tile) of any size is segmented window by window, and its size
+    says nothing about what is in it, whereas a 3D scan's extent says which anatomy it covers
+    (a whole chest is not a 10 cm phantom). 2D images are still judged on pixel size.
     """
 
     spacing: float = 2.0
     field_of_view: float = 2.0
+    field_of_view_2d: bool = False
     intensity: float = 0.25
 
 
@@ -191,7 +196,9 @@ def check_domain(fingerprint: dict, image: torch.Tensor, spacing: Sequence[float
         voxel = np.asarray(spacing, dtype=float) if spacing is not None else image_spacing(image)
         fov = voxel * np.asarray(image.shape[1:], dtype=float)
         reasons += _outside_ranges("spacing", voxel, fingerprint["spacing_mm"], tolerances.spacing, "mm")
-        reasons += _outside_ranges("field of view", fov, fingerprint["field_of_view_mm"], tolerances.field_of_view, "mm")
+        if dims == 3 or tolerances.field_of_view_2d:
+            reasons += _outside_ranges("field of view", fov, fingerprint["field_of_view_mm"], tolerances.field_of_view,
+                                       "mm")
     envelope = fingerprint["intensity"].get(str(n_channels))
     if envelope is not None:
         for c, (scan, trained) in enumerate(zip(image_percentiles(image), envelope)):

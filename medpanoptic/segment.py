@@ -238,6 +238,8 @@ class Segmenter:
         template = parser.get_parsed_content("network_def")
         self.networks = [self._load_network(copy.deepcopy(template), weights) for weights in self.weights]
         self.spatial_dims = self.networks[0].layout.spatial_dims
+        self.channel_files = int(parser.get_parsed_content("channel_files")) if "channel_files" in parser else 1
+        """Files per case: > 1 where the bundle reads one file per channel (`find_scans(channels=...)`)."""
         self.tta = parse_tta(tta) if isinstance(tta, str) else tta if isinstance(tta, bool) else sorted({int(a) for a in tta})
         self.network = self._inference_network()
         self.preprocessing = parser.get_parsed_content("preprocessing")
@@ -291,11 +293,15 @@ class Segmenter:
         and `tta=` / `folds=` choose the averaging (see the class)."""
         return cls(path, device, **overrides)
 
-    def load(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None) -> MetaTensor:
-        """Read a scan (or take an image MetaTensor) and check that it fits the bundle."""
-        from .io.scan import read_scan
+    def load(self, scan: str | os.PathLike | Sequence[str | os.PathLike] | MetaTensor, series_uid: str | None = None,
+             case: str | None = None) -> MetaTensor:
+        """Read a scan (or its channel files, a list; or take an image MetaTensor) and check that it fits the bundle."""
+        from .io.scan import read_scan, read_scan_channels
 
-        image = scan if isinstance(scan, torch.Tensor) else read_scan(scan, series_uid)
+        if isinstance(scan, (list, tuple)):
+            image = read_scan_channels(scan, case)
+        else:
+            image = scan if isinstance(scan, torch.Tensor) else read_scan(scan, series_uid)
         if not isinstance(image, MetaTensor):
             raise InputError(None, "an image tensor needs its geometry: pass a MetaTensor with an affine")
         source = image.meta.get("filename_or_obj", "image")
@@ -304,6 +310,10 @@ class Segmenter:
                                      f"{self.spatial_dims}D {'volumes' if self.spatial_dims == 3 else 'images'}")
         if min(image.shape[1:]) < 2:
             raise InputError(source, f"a grid of {tuple(image.shape[1:])} voxels is too small to segment")
+        if self.channel_files > 1 and image.shape[0] != self.channel_files:
+            last = f"_{self.channel_files - 1:04d}"
+            raise InputError(source, f"{image.shape[0]} channel(s); the bundle {self.bundle.name} takes "
+                                     f"{self.channel_files}, one file per channel (<case>_0000 .. <case>{last})")
         return image
 
     def forward(self, image: MetaTensor) -> dict:
@@ -332,20 +342,20 @@ class Segmenter:
         the pair on the scan's grid."""
         return self.group(self.forward(image), postprocess)
 
-    def __call__(self, scan: str | os.PathLike | MetaTensor, series_uid: str | None = None,
+    def __call__(self, scan: str | os.PathLike | Sequence[str | os.PathLike] | MetaTensor, series_uid: str | None = None,
                  case: str | None = None, postprocess: "PanopticPostprocess | None" = None) -> PanopticResult:
         """Segment one scan (a path, or an image MetaTensor); `postprocess` as in `infer`."""
         from .io.inputs import case_name
         from .io.panoptic import source_identity
 
-        image = self.load(scan, series_uid)
+        image = self.load(scan, series_uid, case)
         domain = self.check_domain(image)
         values, scores, dropped, scale = self._segment(image, postprocess)
         if values.shape[1:] != image.shape[1:]:
             raise InputError(image.meta.get("filename_or_obj"), "the inverted result is not on the scan's grid")
         pair = MetaTensor(values, affine=image.affine.clone(),
                           meta={"filename_or_obj": image.meta.get("filename_or_obj"), **source_identity(image.meta)})
-        name = case or case_name(image.meta.get("filename_or_obj", "case"))
+        name = case or image.meta.get("case") or case_name(image.meta.get("filename_or_obj", "case"))
         return PanopticResult(pair, self.label_set, scores, image, name, dropped_instances=len(dropped),
                               domain=domain.to_dict() if domain.checked else None,
                               scale=None if scale is None else scale.to_dict())

@@ -66,7 +66,8 @@ def source_grid_pair(data: Mapping[Hashable, object], key: str, affine=None) -> 
 
 class LoadScand(MapTransform):
     """Read each key's path with `read_scan` into a float32 (C, *spatial) MetaTensor (the series
-    named by the entry's `series_key`, when a DICOM folder holds several). An image already
+    named by the entry's `series_key`, when a DICOM folder holds several); a list of paths is one
+    case stored one file per channel (`read_scan_channels`: same grid, stacked). An image already
     loaded (a MetaTensor) passes through, so scripts can hand over scans they have read."""
 
     def __init__(self, keys: KeysCollection, series_key: str = "series_uid", allow_missing_keys: bool = False) -> None:
@@ -74,12 +75,15 @@ class LoadScand(MapTransform):
         self.series_key = series_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        from .io.scan import read_scan
+        from .io.scan import read_scan, read_scan_channels
 
         d = dict(data)
         for key in self.key_iterator(d):
             value = d[key]
-            image = value if isinstance(value, MetaTensor) else read_scan(value, d.get(self.series_key) or None)
+            if isinstance(value, (list, tuple)):
+                image = read_scan_channels(value, d.get("case") or None)
+            else:
+                image = value if isinstance(value, MetaTensor) else read_scan(value, d.get(self.series_key) or None)
             d[key] = image.float() if not image.is_floating_point() else image
         return d
 

@@ -127,6 +127,23 @@ def test_unseen_phantoms_of_the_bundles_own_kind_pass(seed):
     assert check_domain(nuclei, nuclei_phantom(rgb=True, seed=seed).image) == []
 
 
+def test_a_2d_picture_larger_or_smaller_than_the_training_crops_is_not_judged_on_field_of_view():
+    """Was: "field of view along axis 0 is 0.32 mm, training saw 0.128 mm" for any micrograph larger than
+    the training crops, although sliding-window inference handles pictures of any size."""
+    from medpanoptic.domain import TOLERANCES, Tolerances
+
+    nuclei = load_fingerprint(bundle_path(NUCLEI_BUNDLE))
+    large = nuclei_phantom(shape=(640, 512), n_nuclei=150, seed=5).image
+    small = nuclei_phantom(shape=(56, 48), n_nuclei=2, seed=5).image
+    assert TOLERANCES.field_of_view_2d is False
+    assert check_domain(nuclei, large) == [] and check_domain(nuclei, small) == []
+    assert check_domain(nuclei, large, spacing=(0.005, 0.005)) == [
+        "spacing along axis 0 is 0.005 mm, training saw 0.0005 mm",
+        "spacing along axis 1 is 0.005 mm, training saw 0.0005 mm"]  # pixel size is still judged
+    judged = check_domain(nuclei, large, tolerances=Tolerances(field_of_view_2d=True))
+    assert judged == ["field of view along axis 0 is 0.32 mm, training saw 0.128 mm"]
+
+
 def test_the_real_chest_ct_is_outside_the_ct_bundle_on_spacing_field_of_view_and_intensity(chest_ct_path):
     reasons = check_domain(load_fingerprint(bundle_path(CT_BUNDLE)), read_scan(chest_ct_path))
     assert reasons[:6] == [

@@ -257,12 +257,48 @@ def test_a_smaller_memory_budget_gives_a_smaller_patch_or_batch(nnunet_mr):
 
     ds = load_dataset(nnunet_mr)
     fingerprint = dataset_fingerprint(ds, use_data_analyzer=False)
-    plans = [make_plan(ds, gpu_memory_gb=gb, fingerprint=fingerprint)["decisions"] for gb in (24.0, 0.6)]
+    plans = [make_plan(ds, gpu_memory_gb=gb, fingerprint=fingerprint)["decisions"] for gb in (24.0, 0.3)]
     big, small = ({k: v["value"] for k, v in p.items()} for p in plans)
     assert big["patch_size"] == [48, 48, 16]  # the whole median image fits 24 GB
     assert np.prod(small["patch_size"]) * small["batch_size"] < np.prod(big["patch_size"]) * big["batch_size"]
     assert np.prod(small["patch_size"]) < np.prod(big["patch_size"])
-    assert small["estimated_memory_gb"] <= 0.6 < big["estimated_memory_gb"] + 1.0
+    assert small["estimated_memory_gb"] <= 0.3 < big["estimated_memory_gb"] + 1.0
+
+
+def test_the_smallest_budgets_keep_three_network_levels_or_are_refused_naming_the_dataset(nnunet_mr):
+    """Was: 0.5 GB with 8 base filters shrank the patch to two levels and MONAI's DynUNet raised a bare
+    ValueError; 0.3 GB planned an 8x8x8 patch (a fixed 0.5 GB overhead guess ate the budget)."""
+    import torch
+
+    from medpanoptic.nets import PanopticNet
+    from medpanoptic.planning.fingerprint import dataset_fingerprint
+    from medpanoptic.planning.plan import make_plan
+
+    ds = load_dataset(nnunet_mr)
+    fingerprint = dataset_fingerprint(ds, use_data_analyzer=False)
+    for gb, base in ((0.5, 8), (0.3, 32), (0.02, 8), (0.01, 8)):
+        value = {k: v["value"] for k, v in make_plan(ds, gpu_memory_gb=gb, fingerprint=fingerprint,
+                                                     base_filters=base)["decisions"].items()}
+        network = value["network"]
+        assert len(network["strides"]) >= 3 and value["estimated_memory_gb"] <= gb, (gb, value)
+        assert all(p >= 8 for p in value["patch_size"]) and value["patch_size"][:2] >= [16, 16]
+        with torch.device("meta"):
+            PanopticNet(3, 2, ds.label_set.max_id + 1, filters=network["filters"], strides=network["strides"],
+                        kernel_size=network["kernel_size"])
+    assert make_plan(ds, gpu_memory_gb=0.3, fingerprint=fingerprint)["decisions"]["patch_size"]["value"] == [40, 40, 12]
+    with pytest.raises(InputError, match=r"a memory budget of 0.005 GB is too small for dataset 'medpanoptic phantoms "
+                                         r"\(nnU-Net v2\)': the smallest 3-level network \(16x16x8 voxels, batch 1\) "
+                                         r"needs 0.00759 GB"):
+        make_plan(ds, gpu_memory_gb=0.005, fingerprint=fingerprint, base_filters=8)
+
+
+def test_a_grid_too_small_for_three_levels_gets_a_padded_patch_that_has_them():
+    from medpanoptic.planning.topology import levels, smallest_patch
+
+    assert smallest_patch((0.6, 0.6, 4.0), (10, 10, 3)) == [16, 16, 3]
+    assert smallest_patch((1.0, 1.0), (5, 7)) == [16, 16]
+    assert levels((0.6, 0.6, 4.0), [16, 16, 3]) == levels((1.0, 1.0), [16, 16]) == 3
+    assert smallest_patch((0.7, 0.7, 5.0), (64, 64, 12)) == [64, 64, 12]  # already deep enough: untouched
 
 
 def test_the_fingerprint_uses_data_analyzer_for_volumes_and_counts_touching_instances(nnunet_mr):
@@ -312,7 +348,7 @@ def test_the_memory_model_is_within_1_5x_of_a_measured_forward_and_backward():
             return loss(net(inputs), target)
 
         measured = saved_tensor_bytes(step, x) + OPTIMISER_BYTES_PER_PARAMETER * sum(p.numel() for p in net.parameters())
-        predicted = estimate_memory_gb(patch, batch, network, dims, channels, n_classes, overhead_gb=0.0) * GB
+        predicted = estimate_memory_gb(patch, batch, network, dims, channels, n_classes, overhead_gb=0.0, slack=0.0) * GB
         assert 1 / 1.5 < predicted / measured < 1.5, (spacing, patch, predicted / measured)
 
 
@@ -426,3 +462,20 @@ def test_a_3d_microscopy_stack_without_pixel_size_plans_in_nominal_voxels(tmp_pa
     assert plan["decisions"]["target_spacing_mm"]["value"] == [0.001, 0.001, 0.001]
     assert "no pixel size" in plan["decisions"]["target_spacing_mm"]["reason"]
     assert plan["decisions"]["scale_augmentation"]["value"] == [0.6, 1.6]
+
+
+def test_the_gpu_training_benchmark_refuses_without_a_cuda_device_in_one_line(tmp_path):
+    """`scripts/bench/gpu_training.py` is for a lent GPU; without one it says so and writes nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "gpu_training.py"
+    done = subprocess.run([sys.executable, str(script), "--work", str(tmp_path / "work"), "--epochs", "1"],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip() == ("gpu_training.py: error: no CUDA device (torch.cuda.is_available() is False): "
+                                   "this benchmark needs a GPU")
+    assert not (tmp_path / "work").exists()

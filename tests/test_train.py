@@ -287,3 +287,95 @@ def test_plan_train_segment_in_the_other_layouts(layout, tmp_path):
         m.chdir(bundle)
         verify_net_in_out(net_id="network_def", meta_file="configs/metadata.json",
                           config_file="configs/inference.json", n=2, p=1)
+
+
+@pytest.fixture(scope="module")
+def two_channel(tmp_path_factory) -> tuple[Path, Path]:
+    """An nnU-Net v2 dataset of two MR channels (`<case>_0000`, `_0001`) and the bundle trained on it (1 epoch)."""
+    from medpanoptic.planning.plan import make_plan, save_plan
+
+    tmp = tmp_path_factory.mktemp("two_channel")
+    root = write_phantom_dataset(tmp / "data", "nnunet_v2", 3, LAYOUTS["nnunet_v2"], seed=820)
+    plan = make_plan(root, gpu_memory_gb=24.0, base_filters=8, use_data_analyzer=False)
+    for name, value in {"folds": 2, "epochs": 1}.items():
+        plan["decisions"][name]["value"] = value
+    return root, train(save_plan(plan, tmp / "plan.json"), 0, out=tmp / "bundle")
+
+
+def _channel_folder(root: Path, folder: Path, cases: list[str]) -> Path:
+    import shutil
+
+    folder.mkdir()
+    for case in cases:
+        for channel in ("0000", "0001"):
+            shutil.copy(root / "imagesTr" / f"{case}_{channel}.nii.gz", folder)
+    return folder
+
+
+def test_channel_files_are_segmented_as_one_case_by_monai_and_by_segment(two_channel, tmp_path):
+    """Was: `inference.json` read `<case>_0000` and `<case>_0001` as two one-channel scans (and the
+    two-channel network refused them); now they are one case `<case>`, its result on the source grid."""
+    from medpanoptic.io.inputs import find_scans
+
+    root, bundle = two_channel
+    cases = ["phantom_0820", "phantom_0821"]
+    scans = _channel_folder(root, tmp_path / "imagesTs", cases)
+    found = find_scans([scans], channels=2)
+    assert [(s.case, [p.name for p in s.channel_files]) for s in found] == [
+        (c, [f"{c}_0000.nii.gz", f"{c}_0001.nii.gz"]) for c in cases]
+    assert json.loads((bundle / "configs" / "inference.json").read_text())["channel_files"] == 2
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                           "--dataset_dir", str(scans), "--output_dir", str(tmp_path / "monai")],
+                          cwd=bundle, capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["segment", str(scans), "--bundle", str(bundle), "--out", str(tmp_path / "cli"), "--to", "nifti"]) == 0
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir() if p.is_dir()) == cases
+    for case in cases:
+        scan = read_scan(scans / f"{case}_0000.nii.gz")
+        a, _ = read_panoptic(tmp_path / "monai" / case)
+        b, _ = read_panoptic(tmp_path / "cli" / case / case)
+        for pair in (a, b):
+            assert pair.shape[1:] == scan.shape[1:]
+            np.testing.assert_allclose(pair.affine.numpy(), scan.affine.numpy(), atol=1e-4)
+        assert torch.equal(a[0], b[0])
+
+
+def test_a_channel_file_on_another_grid_is_a_one_line_error_naming_both_files(two_channel, tmp_path, capsys):
+    import nibabel as nib
+
+    from medpanoptic.errors import GeometryError
+    from medpanoptic.io.scan import read_scan_channels
+
+    root, bundle = two_channel
+    scans = _channel_folder(root, tmp_path / "imagesTs", ["phantom_0820"])
+    second = scans / "phantom_0820_0001.nii.gz"
+    image = nib.load(second)
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 3.0
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), shifted), second)
+    first = scans / "phantom_0820_0000.nii.gz"
+    with pytest.raises(GeometryError, match=f"{second}: not on the grid of the case's first channel {first} "
+                                            r"\(same shape, but shifted, rotated or of another spacing\)"):
+        read_scan_channels([first, second])
+    assert main(["segment", str(scans), "--bundle", str(bundle), "--out", str(tmp_path / "cli"), "--to", "nifti"]) == 1
+    captured = capsys.readouterr()
+    line = next(line for line in (captured.out + captured.err).splitlines() if "not on the grid" in line)
+    assert line.startswith(f"medpanoptic: error: case phantom_0820: {second}: not on the grid of the case's first "
+                           f"channel {first}")
+
+
+def test_a_lone_channel_file_is_refused_naming_the_channels_the_bundle_takes(two_channel, tmp_path, capsys):
+    """A case whose `_0001` file is missing stays a one-file case, refused in words (was: a convolution's
+    shape error deep inside the network)."""
+    import shutil
+
+    root, bundle = two_channel
+    (tmp_path / "imagesTs").mkdir()
+    shutil.copy(root / "imagesTr" / "phantom_0820_0000.nii.gz", tmp_path / "imagesTs")
+    assert main(["segment", str(tmp_path / "imagesTs"), "--bundle", str(bundle), "--out", str(tmp_path / "cli"),
+                 "--to", "nifti"]) == 1
+    err = capsys.readouterr().err
+    assert ("medpanoptic: error: case phantom_0820_0000: " in err
+            and "phantom_0820_0000.nii.gz: 1 channel(s); the bundle bundle takes 2, one file per channel "
+                "(<case>_0000 .. <case>_0001)" in err)

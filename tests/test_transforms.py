@@ -90,6 +90,25 @@ def test_find_scans_splits_studies_and_reads_manifests(oblique_ct, tmp_path):
     assert [c.case for c in listed] == ["first", "first_2"] and listed[0].path == tmp_path / "study" / "extra.nii.gz"
 
 
+def test_channel_files_group_into_one_case_only_as_a_complete_run_for_a_multi_channel_bundle(tmp_path):
+    """`<case>_0000`, `_0001`: one two-channel case for a bundle of two channel files; MSD-style names
+    (`phantom_0000`, `phantom_0001`) stay separate cases for a one-channel bundle; an incomplete run too."""
+    for name in ("liver_0000", "liver_0001", "kidney_0000", "kidney_0002", "lung_0000", "lung_0001", "lung_0002"):
+        (tmp_path / "scans").mkdir(exist_ok=True)
+        (tmp_path / "scans" / f"{name}.nii.gz").write_bytes(b"")
+    one = find_scans([tmp_path / "scans"])
+    assert [c.case for c in one] == ["kidney_0000", "kidney_0002", "liver_0000", "liver_0001",
+                                     "lung_0000", "lung_0001", "lung_0002"] and not any(c.channel_files for c in one)
+    two = find_scans([tmp_path / "scans"], channels=2)
+    assert [(c.case, [p.name for p in c.channel_files]) for c in two] == [
+        ("kidney_0000", []), ("kidney_0002", []), ("liver", ["liver_0000.nii.gz", "liver_0001.nii.gz"]),
+        ("lung_0000", []), ("lung_0001", []), ("lung_0002", [])]
+    assert two[2].as_dict()["image"] == [str(tmp_path / "scans" / f"liver_000{i}.nii.gz") for i in (0, 1)]
+    (tmp_path / "list.csv").write_text("case,image,image_1\nmr,scans/lung_0000.nii.gz,scans/lung_0001.nii.gz\n")
+    listed = find_scans([tmp_path / "list.csv"])
+    assert listed[0].channel_files == (tmp_path / "scans" / "lung_0000.nii.gz", tmp_path / "scans" / "lung_0001.nii.gz")
+
+
 def test_msd_conversion_script(tmp_path):
     """A Decathlon task with only semantic labels gets instance maps and a label set the bundles can train from."""
     subprocess.run([sys.executable, "-m", "medpanoptic", "phantom", str(tmp_path / "task"), "--n", "2",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -30,9 +31,11 @@ class ScanInput:
     path: Path
     series_uid: str | None = None
     remote: object = field(default=None, compare=False, repr=False)  # a node's series, retrieved when read
+    channel_files: tuple[Path, ...] = ()  # a case stored one file per channel: all of them, `path` first
 
     def as_dict(self) -> dict:
-        return {"case": self.case, "image": str(self.path), "series_uid": self.series_uid or ""}
+        image = [str(p) for p in self.channel_files] if self.channel_files else str(self.path)
+        return {"case": self.case, "image": image, "series_uid": self.series_uid or ""}
 
 
 def case_name(source: str | os.PathLike) -> str:
@@ -54,9 +57,39 @@ def _is_image_file(path: Path) -> bool:
     return name.endswith(SCAN_SUFFIXES) and not name.endswith(OUTPUT_SUFFIXES)
 
 
-def _from_folder(folder: Path) -> list[ScanInput]:
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+"""nnU-Net's channel files: `<case>_0000.nii.gz`, `<case>_0001.nii.gz`..."""
+
+
+def _channel_groups(images: list[Path], channels: int) -> list[ScanInput]:
+    """Image files as cases; where a bundle takes `channels` > 1 files per case, the files of one folder
+    named `<case>_0000`..`<case>_{channels-1}` (that run exactly, one suffix) become one case `<case>`."""
+    if channels < 2:
+        return [ScanInput(case_name(p), p) for p in images]
+    groups: dict[tuple[Path, str, str], dict[int, Path]] = {}
+    for p in images:
+        bare = _bare_name(p)
+        match = CHANNEL_SUFFIX.match(bare)
+        if match:
+            key = (p.parent, match["case"], p.name[len(bare):].lower())
+            groups.setdefault(key, {})[int(match["channel"])] = p
+    whole = {key: [files[c] for c in range(channels)] for key, files in groups.items()
+             if sorted(files) == list(range(channels))}
+    first = {files[0]: (key[1], files) for key, files in whole.items()}
+    grouped = {p for files in whole.values() for p in files}
+    found = []
+    for p in images:
+        if p in first:
+            name, files = first[p]
+            found.append(ScanInput(safe_component(name), p, channel_files=tuple(files)))
+        elif p not in grouped:
+            found.append(ScanInput(case_name(p), p))
+    return found
+
+
+def _from_folder(folder: Path, channels: int = 1) -> list[ScanInput]:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    found = [ScanInput(case_name(p), p) for p in files if _is_image_file(p)]
+    found = _channel_groups([p for p in files if _is_image_file(p)], channels)
     if not any(is_dicom_file(p) for p in files if not _is_image_file(p)):
         return found or [ScanInput(case_name(folder), folder)]  # an empty folder fails later, with its reason
     try:
@@ -81,7 +114,8 @@ def _from_folder(folder: Path) -> list[ScanInput]:
 
 
 def _from_manifest(path: Path) -> list[ScanInput]:
-    """A CSV with an `image` column (paths relative to the CSV), and optional `case` and `series_uid`."""
+    """A CSV with an `image` column (paths relative to the CSV), and optional `case` and `series_uid`;
+    a case stored one file per channel names the others in `image_1`, `image_2`... columns."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -89,24 +123,33 @@ def _from_manifest(path: Path) -> list[ScanInput]:
         raise InputError(path, f"cannot read the manifest ({e})") from None
     if not rows or "image" not in rows[0]:
         raise InputError(path, "a manifest needs an 'image' column (and optionally 'case', 'series_uid')")
+    extra = [f"image_{i}" for i in range(1, len(rows[0]) + 1) if f"image_{i}" in rows[0]]
     found = []
     for row in rows:
-        image = Path(row["image"])
-        image = image if image.is_absolute() else path.parent / image
-        found.append(ScanInput(row.get("case") or case_name(image), image, row.get("series_uid") or None))
+        images = [_relative_to(path, row["image"] or "")] + [_relative_to(path, row[c]) for c in extra if row.get(c)]
+        files = tuple(images) if len(images) > 1 else ()
+        found.append(ScanInput(row.get("case") or case_name(images[0]), images[0], row.get("series_uid") or None,
+                               channel_files=files))
     return found
+
+
+def _relative_to(manifest: Path, value: str) -> Path:
+    image = Path(value)
+    return image if image.is_absolute() else manifest.parent / image
 
 
 Resolver = Callable[[object], "list[ScanInput] | None"]
 """Cases for an input that is not a path (a DICOM node address), or None for one it does not claim."""
 
 
-def find_scans(inputs: Iterable[str | os.PathLike], resolve: Resolver | None = None) -> list[ScanInput]:
+def find_scans(inputs: Iterable[str | os.PathLike], resolve: Resolver | None = None,
+               channels: int = 1) -> list[ScanInput]:
     """The cases named by `inputs`, in order, with unique case ids that are safe path components
     (`../../X` becomes `X`; a clash, ignoring letter case, gets `_2`, `_3`...). `resolve` turns
     inputs that are not paths into cases: `medpanoptic.remote.pull.node_cases(cache)` queries
     DICOM node addresses (`dicomweb://`, `dimse://`) now; their series are retrieved into
-    `cache` when read."""
+    `cache` when read. `channels` > 1 (a bundle that takes one file per channel): a folder's
+    `<case>_0000`..`<case>_{channels-1}` files become one case `<case>` (see `_channel_groups`)."""
     found: list[ScanInput] = []
     for item in inputs:
         path = Path(item)
@@ -114,7 +157,7 @@ def find_scans(inputs: Iterable[str | os.PathLike], resolve: Resolver | None = N
         if resolved is not None:
             found += resolved
         elif path.is_dir() and not path.name.lower().endswith(SCAN_SUFFIXES):
-            found += _from_folder(path)
+            found += _from_folder(path, channels)
         elif path.suffix.lower() == ".csv":
             found += _from_manifest(path)
         else:

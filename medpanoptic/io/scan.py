@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import GeometryError, InputError
 from .dicom_read import is_dicom_file, read_dicom
 from .formats import SCAN_SUFFIXES, ScanFormat, scan_format, scan_suffix
-from .geometry import check_spacing, spacing_from_affine
+from .geometry import check_spacing, same_grid, spacing_from_affine
 from .itk import array_from_sitk
 from .itk_header import check_header_geometry, check_payload, read_text_header
 from .limits import check_scan_size
@@ -74,6 +74,34 @@ def read_scan(
     """
     return make_meta_tensor(*load_scan(path, series_uid, allow_guessed_geometry=allow_guessed_geometry,
                                        max_bytes=max_bytes))
+
+
+def read_scan_channels(paths: Sequence[str | os.PathLike], case: str | None = None, *,
+                       max_bytes: int | None = None) -> MetaTensor:
+    """Read a case stored one file per channel (nnU-Net's `<case>_0000.nii.gz`, `_0001`...) as one
+    (C, *spatial) MetaTensor, channels in the order given.
+
+    Every file must lie on the first one's grid: a channel elsewhere would pair the wrong voxels,
+    so it is refused (GeometryError naming both files), never resampled. The meta is the first
+    file's, with `source_files` listing all of them and `case` the case id, when given.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError(None, "a case needs at least one image file")
+    arrays, first = [], None
+    for path in paths:
+        array, affine, meta = load_scan(path, max_bytes=max_bytes)
+        if first is None:
+            first = (array.shape[1:], affine, meta)
+        elif not same_grid(first[0], first[1], array.shape[1:], affine):
+            shape = "same shape, but shifted, rotated or of another spacing" if array.shape[1:] == first[0] \
+                else f"shape {tuple(array.shape[1:])} vs {tuple(first[0])}"
+            raise GeometryError(path, f"not on the grid of the case's first channel {paths[0]} ({shape})")
+        arrays.append(array.astype(np.float32, copy=False))
+    meta = {**first[2], "source_files": [str(p) for p in paths]}
+    if case:
+        meta["case"] = case
+    return make_meta_tensor(np.concatenate(arrays), first[1], meta)
 
 
 def load_scan(

@@ -194,13 +194,23 @@ def write_postprocess(bundle: str | os.PathLike, plan: dict, values: dict) -> Pa
 
 
 # -- inference.json -----------------------------------------------------------------------
+def channel_files(plan: dict) -> int:
+    """Files per case at inference: the channel count where training read one file per channel
+    (nnU-Net's `<case>_0000`, `_0001`...), else 1 (one file holds every channel, e.g. RGB)."""
+    channels = len(plan["dataset"]["channels"])
+    per_channel = channels > 1 and all(isinstance(c["image"], list) and len(c["image"]) == channels
+                                       for c in plan["cases"])
+    return channels if per_channel else 1
+
+
 def inference_config(plan: dict) -> dict:
     """Scans in (any grid), pairs out on each scan's own grid (Invertd)."""
     common = _common(plan)
     common["imports"] = common["imports"] + ["$from medpanoptic.io.inputs import find_scans"]
     return {
         **common,
-        "datalist": "$[s.as_dict() for s in find_scans([@dataset_dir])]",
+        "channel_files": channel_files(plan),
+        "datalist": "$[s.as_dict() for s in find_scans([@dataset_dir], channels=@channel_files)]",
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "medpanoptic.transforms.LoadScand", "keys": "image"},
             *_grey_to_channels(plan),

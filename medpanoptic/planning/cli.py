@@ -57,7 +57,9 @@ def run_phantom_layout(args: argparse.Namespace) -> int:
 def configure_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset folder: MSD, nnU-Net v2 raw, or microscopy (images/, masks/)")
     p.add_argument("--out", required=True, help="the plan to write (JSON)")
-    p.add_argument("--gpu-memory-gb", type=float, default=24.0, help="GPU memory the training may use (default 24)")
+    p.add_argument("--gpu-memory-gb", type=float, default=24.0,
+                   help="memory (GB) one training step's tensors may take, on GPU or CPU alike; "
+                        "leave room for the CUDA context (default 24)")
     p.add_argument("--things", help="thing classes by name, e.g. 'lesion,nodule' (overrides dataset.json's list)")
 
 

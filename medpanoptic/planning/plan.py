@@ -226,13 +226,22 @@ def patch_batch_network(dataset, fingerprint: dict, spacing: list[float], gpu_me
                         base_filters: int) -> dict:
     """The largest patch (up to the median image at the target spacing) and batch that fit the memory budget."""
     from .memory import estimate_memory_gb, parameter_count
-    from .topology import MIN_FEATURE_MAP, divisor, fit_patch, plan_topology
+    from .topology import (
+        MIN_FEATURE_MAP,
+        MIN_LEVELS,
+        divisor,
+        fit_patch,
+        plan_topology,
+        smallest_patch,
+    )
 
     dims, n_classes = dataset.spatial_dims, dataset.label_set.max_id + 1
     in_channels = len(dataset.channels)
     median_mm = np.asarray(fingerprint["size_mm"]["median"], dtype=float)
     median_shape = np.maximum(np.round(median_mm / np.asarray(spacing)), 1).astype(int)
-    patch = list(median_shape)
+    patch = smallest_patch(spacing, list(median_shape))
+    floor = smallest_patch(spacing, [MIN_PATCH] * dims)  # no axis shrinks below MIN_PATCH or MIN_LEVELS levels
+    grown = patch != list(median_shape)
     shrunk = False
     while True:
         network = plan_topology(spacing, patch, base_filters)
@@ -242,7 +251,7 @@ def patch_batch_network(dataset, fingerprint: dict, spacing: list[float], gpu_me
         if memory <= gpu_memory_gb:
             break
         steps = divisor(network["strides"])
-        room = [p / m if p - s >= MIN_PATCH else 0.0 for p, m, s in zip(patch, median_shape, steps)]
+        room = [p / m if p - s >= f else 0.0 for p, m, s, f in zip(patch, median_shape, steps, floor)]
         axis = int(np.argmax(room))
         if room[axis] == 0.0:
             break
@@ -251,11 +260,16 @@ def patch_batch_network(dataset, fingerprint: dict, spacing: list[float], gpu_me
     fixed = estimate_memory_gb(patch, 0, network, dims, in_channels, n_classes, parameters=params)
     per_sample = estimate_memory_gb(patch, 1, network, dims, in_channels, n_classes, parameters=params) - fixed
     fit = int((gpu_memory_gb - fixed) // max(per_sample, 1e-12))
+    if fit < 1:
+        raise InputError(dataset.root, f"a memory budget of {gpu_memory_gb:g} GB is too small for dataset "
+                         f"'{dataset.name}': the smallest {MIN_LEVELS}-level network ({_mm(patch)} voxels, batch 1) "
+                         f"needs {fixed + per_sample:.3g} GB")
     total_voxels = float(np.prod(median_shape)) * max(1, len(dataset.cases))
     cap = max(2, int(BATCH_DATASET_FRACTION * total_voxels // float(np.prod(patch))))
     batch = max(1, min(fit, cap, MAX_BATCH))
     memory = estimate_memory_gb(patch, batch, network, dims, in_channels, n_classes, parameters=params)
     patch_reason = (f"the median image at the target spacing is {_mm(median_shape)} voxels; "
+                    + (f"grown to {MIN_LEVELS} network levels (crops padded); " if grown else "")
                     + (f"shrunk along its longest axes (relative to that median) to fit {gpu_memory_gb:g} GB with a batch of 2"
                        if shrunk else "it fits the memory budget whole")
                     + f", rounded to multiples of the downsampling ({_mm(divisor(network['strides']))})")
@@ -265,7 +279,8 @@ def patch_batch_network(dataset, fingerprint: dict, spacing: list[float], gpu_me
         batch_reason = f"only {max(fit, 0)} patch(es) of the smallest useful size fit {gpu_memory_gb:g} GB: batch 1"
     memory_reason = (f"memory model (planning.memory): activations {batch} x {_mm(patch)} voxels over "
                      f"{len(network['filters'])} levels, {params:,} parameters with AdamW, float32, plus "
-                     "framework overhead; checked against a measured forward/backward (tests)")
+                     "allocator slack; the peak of the step's tensors, on GPU or CPU alike (a GPU's CUDA context "
+                     "is outside it); checked against a measured forward/backward (tests)")
     network_reason = (f"{len(network['filters'])} levels: stride 2 only on axes within 2x of the finest spacing with room "
                       f"for {MIN_FEATURE_MAP} voxels after halving, kernel 1 on axes still >2x coarser (nnU-Net's rule for DynUNet); "
                       f"strides {network['strides']}")

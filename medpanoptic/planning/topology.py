@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 
 MIN_FEATURE_MAP = 4
+MIN_LEVELS = 3
+"""MONAI's DynUNet needs at least three levels (the input level and two downsamplings)."""
 MAX_DOWNSAMPLINGS = {2: 6, 3: 5}
 MAX_FILTERS = {2: 512, 3: 320}
 
@@ -38,6 +40,32 @@ def plan_topology(spacing: Sequence[float], patch: Sequence[int], base_filters: 
     filters = [min(base_filters * 2**level, MAX_FILTERS[dims]) for level in range(len(strides))]
     return {"backbone": "dynunet", "filters": filters, "kernel_size": [list(map(int, k)) for k in kernels],
             "strides": strides}
+
+
+def levels(spacing: Sequence[float], patch: Sequence[int]) -> int:
+    """How many levels `plan_topology` gives a patch (the filters do not change it)."""
+    return len(plan_topology(spacing, patch, base_filters=1)["strides"])
+
+
+def smallest_patch(spacing: Sequence[float], patch: Sequence[int]) -> list[int]:
+    """`patch`, grown along the finest axes (those within 2x of the finest spacing) until it has `MIN_LEVELS` levels.
+
+    A tiny image gets a patch larger than itself (the crops are padded): fewer levels is no
+    network MONAI can build.
+    """
+    spacing_ = np.asarray(spacing, dtype=float)
+    fine = spacing_ <= 2 * spacing_.min()
+    grown = [int(p) for p in patch]
+    need = MIN_FEATURE_MAP * 2 ** (MIN_LEVELS - 1)
+    while levels(spacing, grown) < MIN_LEVELS:
+        short = [i for i in range(len(grown)) if fine[i] and grown[i] < need]
+        if not short:  # every fine axis is long enough: lengthen the next coarser ones too
+            fine = spacing_ <= 2 * spacing_[~fine].min() if (~fine).any() else fine
+            need *= 2
+            continue
+        for i in short:
+            grown[i] = need
+    return grown
 
 
 def _kernel(spacing: np.ndarray) -> list[int]:
