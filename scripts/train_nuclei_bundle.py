@@ -24,6 +24,7 @@ import numpy as np
 
 from medpanoptic.io.decathlon import write_case, write_dataset_json
 from medpanoptic.planning.datasets import load_dataset
+from medpanoptic.planning.memory import estimate_memory_gb
 from medpanoptic.planning.plan import make_plan, save_plan
 from medpanoptic.planning.train import train
 from medpanoptic.synthetic import nuclei_phantom
@@ -63,6 +64,10 @@ def shipped_plan(dataset_root: Path, epochs: int, learning_rate: float | None = 
     _decide(plan, "scale_augmentation", [0.6, 1.7],
             "pictures rarely state their magnification: nuclei 0.6x to 1.7x the training size are seen in training, "
             "so a large nucleus is not cut in two (the scale estimate handles what lies beyond)")
+    network, labels = plan["decisions"]["network"]["value"], plan["label_set"]
+    n_classes = 1 + max(c["id"] for c in labels["classes"])
+    _decide(plan, "estimated_memory_gb", round(estimate_memory_gb([128, 128], 4, network, 2, 3, n_classes), 3),
+            "the memory model of the network, patch and batch above")
     _decide(plan, "epochs", epochs, f"{CPU_BUDGET}: the validation PQ has levelled off by then")
     if learning_rate is not None:
         _decide(plan, "learning_rate", learning_rate, "a second cosine cycle, from the first cycle's weights")
