@@ -76,18 +76,21 @@ def shipped_plan(dataset_root: Path, epochs: int, learning_rate: float | None = 
 
 def install(bundle: Path, shipped: Path = SHIPPED) -> None:
     """The generated configs and the chosen weights into the shipped bundle (docs/LICENSE kept)."""
+    generated = json.loads((bundle / "configs" / "inference.json").read_text())["postprocessing"]["transforms"][2]["extra"]["bundle"]
     for name in ("inference.json", "train.json", "multi_gpu_train.json", "evaluate.json", "postprocess.json",
                  "labels.json", "logging.conf", "fingerprint.json", "splits.json"):
         document = (bundle / "configs" / name).read_text()
         if name.endswith(".json") and name not in ("labels.json", "splits.json", "fingerprint.json"):
             config = json.loads(document)
-            if "dataset_dir" in config:
-                config["dataset_dir"] = "/workspace/data/nuclei_images"
-            document = json.dumps(config, indent=4) + "\n"
+            if "dataset_dir" in config:  # where a user's data go: pictures to segment, or a training set
+                config["dataset_dir"] = "/workspace/data/" + ("nuclei_images" if name == "inference.json" else "nuclei_phantoms")
+            document = (json.dumps(config, indent=4) + "\n").replace(f'"bundle": "{generated}"', f'"bundle": "{shipped.name}"')
         (shipped / "configs" / name).write_text(document)
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     old = json.loads((shipped / "configs" / "metadata.json").read_text())
-    metadata.update({k: old[k] for k in ("name", "task", "intended_use", "authors", "copyright", "references")})
+    kept = ("version", "changelog", "name", "task", "description", "intended_use", "authors", "copyright", "references",
+            "data_source", "image_classes", "label_classes", "eval_metrics", "optional_packages_version")
+    metadata.update({k: old[k] for k in kept if k in old})  # the words are the shipped bundle's; its tensors the plan's
     (shipped / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=4) + "\n")
     shutil.copyfile(bundle / "models" / "model.pt", shipped / "models" / "model.pt")
 

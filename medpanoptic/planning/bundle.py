@@ -460,7 +460,9 @@ def metadata(plan: dict) -> dict:
         "copyright": "the dataset's owners",
         "data_source": f"{dataset['name']} ({dataset['layout']} layout, {dataset['n_cases']} cases)",
         "data_type": "nifti, dicom, nrrd, tiff or png",
-        "image_classes": f"{len(channels)} channel(s) ({', '.join(channels)}), resampled to {spacing} mm, normalised as planned",
+        "image_classes": (f"{len(channels)} channel(s) ({', '.join(channels)}), "
+                          + (f"taken at {spacing} mm per pixel (grey pictures repeated to every channel)"
+                             if in_pixels(plan) else f"resampled to {spacing} mm") + ", normalised as planned"),
         "label_classes": f"0 background, {classes}; full label set in configs/labels.json",
         "pred_classes": "semantic logits (channel index = class id), centre heatmap, offsets in voxels",
         "eval_metrics": {},
