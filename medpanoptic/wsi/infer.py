@@ -6,7 +6,7 @@ Tiles are read (and pre-processed) on worker threads into a bounded queue, pinne
 device is CUDA; batches of tiles go through the bundle's own inferer and network (AMP on CUDA);
 each tile's heads are grouped on the device with `group_instances`; `stitch.own_instances` keeps
 the instances whose centre lies in the tile's core, and the `SlideWriter` merges and streams them
-out. With `scheduler=ADDRESS` the batches are mapped on a `dask.distributed` cluster instead and
+out on a thread of its own, while the next batch is on the device. With `scheduler=ADDRESS` the batches are mapped on a `dask.distributed` cluster instead and
 only the stitching and writing stay here.
 """
 
@@ -194,17 +194,30 @@ class TiledInference:
         timings = Timings()
         bar = _progress(len(grid.tiles), len(grid.tiles) - len(tiles), progress)
         dtype = writer.id_dtype
+        def write(tile: Tile, pair: np.ndarray, scores: dict) -> None:
+            start = time.perf_counter()
+            writer.write_tile(own_instances(tile, pair, scores, self.grouping.stride, dtype))
+            timings.writing += time.perf_counter() - start
+            timings.tiles += 1
+            timings.pixels += int(np.prod(tile.shape))
+
+        # stitching and writing run on their own thread, one tile after another (the writer is not
+        # shared), while this one feeds the network: the device never waits for the disk
+        pending: deque[Future] = deque()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medpanoptic-write")
         try:
             results = (self._distributed(slide, grid, tiles, scheduler, timings) if scheduler
                        else self._local(slide, grid, tiles, timings))
             for tile, pair, scores in results:
-                start = time.perf_counter()
-                writer.write_tile(own_instances(tile, pair, scores, self.grouping.stride, dtype))
-                timings.writing += time.perf_counter() - start
-                timings.tiles += 1
-                timings.pixels += int(np.prod(tile.shape))
+                pending.append(pool.submit(write, tile, pair, scores))
+                while len(pending) > self.depth or (pending and pending[0].done()):
+                    pending.popleft().result()
+                    bar.update(1)
+            while pending:
+                pending.popleft().result()
                 bar.update(1)
-        finally:
+        finally:  # interrupted: the tiles already computed are still written (and recorded), then it stops
+            pool.shutdown(wait=True)
             bar.close()
         return timings
 
