@@ -228,8 +228,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch, busy_cores(args.busy):
         print(describe(args.busy))
         work = Path(args.work or scratch)
-        rows = [run_setting(SETTINGS[g], args, work / g) for g in names]
-    print_table(rows, args)
+        rows = []
+        for g in names:  # the table so far after each geometry: a long run shows its rows as they come
+            rows.append(run_setting(SETTINGS[g], args, work / g))
+            print_table(rows, args)
 
 
 if __name__ == "__main__":
