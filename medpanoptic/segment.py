@@ -409,7 +409,8 @@ class Segmenter:
 
 def _pixel_size(value: float | Sequence[float], ndim: int) -> tuple[float, ...]:
     """A pixel size in mm, one value or one per axis, all equal (the scale path rescales isotropically)."""
-    sizes = (float(value),) * ndim if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    sizes = tuple(float(v) for v in values) * (ndim if len(values) == 1 else 1)  # one value: every axis
     if len(sizes) != ndim or not all(math.isfinite(v) and v > 0 for v in sizes) or len(set(sizes)) > 1:
         raise InputError(None, f"pixel size {value!r}: expected one positive number of mm (or {ndim} equal ones)")
     return sizes

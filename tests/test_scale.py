@@ -134,10 +134,11 @@ def test_with_the_estimate_pq_things_stays_near_the_native_scale(figures):
             assert _mean(figures, "with", rgb=rgb, factor=factor) >= native - TOLERANCE, (rgb, factor, figures)
 
 
-def test_without_the_estimate_the_magnified_images_are_clearly_worse(figures):
+def test_without_the_estimate_the_magnified_images_are_worse(figures):
+    """The bundle's scale augmentation keeps it from cutting 1.6x nuclei in two on its own (PQ_things ~0.75
+    where the unaugmented weights gave ~0.4); bringing the image to the training scale still adds to that."""
     for rgb in (False, True):
-        native = _mean(figures, "with", rgb=rgb, factor=1.0)
-        assert _mean(figures, "without", rgb=rgb, factor=1.6) < native - 0.3, figures
+        assert _mean(figures, "without", rgb=rgb, factor=1.6) < _mean(figures, "with", rgb=rgb, factor=1.6) - 0.05, figures
 
 
 def test_the_estimate_finds_the_magnification_and_reports_it(figures):

@@ -205,12 +205,19 @@ def target_spacing(fingerprint: dict) -> dict:
 
 
 def normalisation(dataset, fingerprint: dict) -> dict:
-    """CT channels: foreground 0.5-99.5 percentile window then the foreground's z-score; others: per-image z-score."""
+    """CT channels and pictures: the foreground's 0.5-99.5 percentile window then its z-score; others: per-image z-score."""
     rows, why = [], []
     for stats in fingerprint["intensity"]:
         name = stats["channel"]
         is_ct = name.upper() == "CT" or (dataset.modality == "CT" and len(dataset.channels) == 1)
-        if is_ct:
+        if _is_picture(dataset):
+            rows.append({"channel": name, "scheme": "fixed", "clip": [stats["p00_5"], stats["p99_5"]],
+                         "mean": stats["mean"], "std": max(stats["std"], 1e-6)})
+            why.append(f"{name}: pictures are segmented tile by tile (whole slides), so every tile and image takes one "
+                       f"scale, the foreground's: window [{stats['p00_5']:.4g}, {stats['p99_5']:.4g}], z-score with "
+                       f"mean {stats['mean']:.4g} and std {stats['std']:.4g} (a per-image z-score would stretch a "
+                       "tile of glass into tissue)")
+        elif is_ct:
             rows.append({"channel": name, "scheme": "ct", "clip": [stats["p00_5"], stats["p99_5"]],
                          "mean": stats["mean"], "std": max(stats["std"], 1e-6)})
             why.append(f"{name}: CT values are physical (HU), so one window for all scans: the foreground's 0.5-99.5 "
@@ -220,6 +227,11 @@ def normalisation(dataset, fingerprint: dict) -> dict:
             rows.append({"channel": name, "scheme": "zscore", "clip": None, "mean": None, "std": None})
             why.append(f"{name}: {dataset.modality} intensities have no absolute unit, so each image is z-scored on its own")
     return _decision(rows, "; ".join(why) + f" (statistics: {fingerprint.get('intensity_source', 'direct')})")
+
+
+def _is_picture(dataset) -> bool:
+    """Microscopy and every 2D dataset: worked on in pixels, and tiled when large (as `bundle.in_pixels`)."""
+    return dataset.layout == "microscopy" or dataset.spatial_dims == 2
 
 
 def patch_batch_network(dataset, fingerprint: dict, spacing: list[float], gpu_memory_gb: float,

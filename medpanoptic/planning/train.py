@@ -85,6 +85,8 @@ def fold_datalist(splits_file: str | os.PathLike, root: str | os.PathLike, fold:
     """The `part` ("train" or "val") entries of `fold` as `LoadCased` takes them (relative to `root`;
     a path that climbs out of the dataset is refused)."""
     document = json.loads(Path(splits_file).read_text(encoding="utf-8"))
+    if not _splits_fit(document, root):
+        document = _split_again(document, root)
     folds = document["folds"]
     if not 0 <= int(fold) < len(folds):
         raise InputError(splits_file, f"fold {fold} does not exist (folds 0..{len(folds) - 1})")
@@ -97,6 +99,25 @@ def fold_datalist(splits_file: str | os.PathLike, root: str | os.PathLike, fold:
                     inside(root, Path(root) / value)
         entries.append(entry)
     return entries
+
+
+def _splits_fit(document: dict, root: str | os.PathLike) -> bool:
+    """Whether the cases the splits name are the ones at `root` (their image files are there)."""
+    return all((Path(root) / path).exists() for entry in document["cases"].values() for path in entry["image"])
+
+
+def _split_again(document: dict, root: str | os.PathLike) -> dict:
+    """The splits of another dataset given to the bundle's train.json (`--dataset_dir`): the same number of
+    folds and seed over the cases found at `root`, every validation fold with things."""
+    from .datasets import load_dataset
+
+    dataset = load_dataset(root)
+    log.info("%s holds other cases than configs/splits.json names: split them again into %d folds",
+             root, len(document["folds"]))
+    names = [c["case"] for c in dataset.cases]
+    with_things = [case_has_things(c, root, dataset.label_set) for c in dataset.cases]
+    folds = make_splits(names, with_things, len(document["folds"]), int(document.get("seed", 0)))
+    return {"seed": document.get("seed", 0), "folds": folds, "cases": {c["case"]: dict(c) for c in dataset.cases}}
 
 
 # -- the bundle's training fingerprint -----------------------------------------------------

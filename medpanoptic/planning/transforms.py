@@ -198,15 +198,16 @@ class LoadCased(MapTransform):
 class NormalizeChannels(Transform):
     """The plan's per-channel normalisation of a (C, *spatial) image.
 
-    "ct": clip to the dataset's foreground percentiles [lo, hi], then z-score with the dataset's
-    foreground mean and std (every CT scan on one scale, HU mean something); "zscore": each
+    "ct" and "fixed": clip to the dataset's foreground percentiles [lo, hi], then z-score with the
+    dataset's foreground mean and std (every CT scan on one scale, HU mean something; every tile of
+    a slide on one scale, so a tile of glass keeps its contrast); "zscore": each
     image's own mean and std per channel (MR and microscopy intensities have no absolute unit).
     """
 
     def __init__(self, normalisation: Sequence[Mapping]) -> None:
         self.normalisation = [dict(n) for n in normalisation]
         for n in self.normalisation:
-            if n.get("scheme") not in ("ct", "zscore"):
+            if n.get("scheme") not in FIXED_SCHEMES + ("zscore",):
                 raise ValueError(f"channel {n.get('channel')!r}: unknown normalisation scheme {n.get('scheme')!r}")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -216,13 +217,17 @@ class NormalizeChannels(Transform):
         out = image.clone().float()
         for c, n in enumerate(self.normalisation):
             channel = out[c]
-            if n["scheme"] == "ct":
+            if n["scheme"] in FIXED_SCHEMES:
                 lo, hi = n["clip"]
                 channel = channel.clamp(float(lo), float(hi))
                 out[c] = (channel - float(n["mean"])) / max(float(n["std"]), 1e-8)
             else:
                 out[c] = (channel - channel.mean()) / channel.std().clamp_min(1e-8)
         return out
+
+
+FIXED_SCHEMES = ("ct", "fixed")
+"""Schemes with one window and one mean/std for every image (from the dataset's foreground)."""
 
 
 class NormalizeChannelsd(MapTransform):
