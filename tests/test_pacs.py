@@ -286,6 +286,9 @@ class _StopsOrthancAfterFirstCase:
         self._segmenter, self._orthanc, self.label_set = segmenter, orthanc, segmenter.label_set
         self._reads, self._reads_before_stop, self._read = 0, reads_before_stop, threading.Condition()
 
+    def __getattr__(self, name):  # the rest is the real segmenter's (its weights and options stamp a case as done)
+        return getattr(self._segmenter, name)
+
     def load(self, *args, **kwargs):
         try:
             return self._segmenter.load(*args, **kwargs)
