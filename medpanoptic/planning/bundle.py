@@ -282,6 +282,7 @@ def train_config(plan: dict, seed: int = 0) -> dict:
     load = [
         {"_target_": "medpanoptic.planning.transforms.LoadCased", "keys": ["image", "label"],
          "label_set": "@label_set", "root": "@dataset_dir"},
+        *_grey_to_channels(plan),
         *_resample(plan, ["image", "label"]),
         *normalisation(plan),
     ]
@@ -412,6 +413,8 @@ def evaluate_config() -> dict:
             {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'", "load_dict": {"model": "@network"},
              "map_location": "@device"},
             {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "medpanoptic.handlers.PanopticReportHandler", "pred_dir": "$@output_dir + '/predictions'",
+             "gt_dir": "@dataset_dir", "output_csv": "$@output_dir + '/evaluation.csv'", "label_set": "@label_set"},
         ],
         "run": ["$@validate#evaluator.run()"],
     }

@@ -107,16 +107,17 @@ def _splits_fit(document: dict, root: str | os.PathLike) -> bool:
 
 
 def _split_again(document: dict, root: str | os.PathLike) -> dict:
-    """The splits of another dataset given to the bundle's train.json (`--dataset_dir`): the same number of
-    folds and seed over the cases found at `root`, every validation fold with things."""
+    """The splits of another dataset given to the bundle's train.json (`--dataset_dir`): the same seed and
+    number of folds (fewer where fewer cases hold things) over the cases at `root`, every validation fold
+    with things."""
     from .datasets import load_dataset
 
     dataset = load_dataset(root)
-    log.info("%s holds other cases than configs/splits.json names: split them again into %d folds",
-             root, len(document["folds"]))
     names = [c["case"] for c in dataset.cases]
     with_things = [case_has_things(c, root, dataset.label_set) for c in dataset.cases]
-    folds = make_splits(names, with_things, len(document["folds"]), int(document.get("seed", 0)))
+    n_folds = max(2, min(len(document["folds"]), sum(with_things)))  # fewer where few cases hold things
+    log.info("%s holds other cases than configs/splits.json names: split them again into %d folds", root, n_folds)
+    folds = make_splits(names, with_things, n_folds, int(document.get("seed", 0)))
     return {"seed": document.get("seed", 0), "folds": folds, "cases": {c["case"]: dict(c) for c in dataset.cases}}
 
 
