@@ -134,27 +134,25 @@ def model_weights(bundle: Path, folds: str | Iterable[int] | None = None) -> lis
     return [available[k] for k in dict.fromkeys(wanted)]
 
 
-def parse_folds(text: str) -> str | list[int]:
-    """`--folds` as written: "all", or fold numbers separated by commas ("0,2")."""
+def _all_or_indices(text: str, option: str, example: str) -> str | list[int]:
+    """An option written as "all" or as non-negative integers separated by commas; refused in words otherwise."""
     if text.strip() == "all":
         return "all"
     try:
-        folds = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        folds = []
-    if not folds or min(folds) < 0:
-        raise InputError(None, f"--folds {text!r}: expected 'all' or fold numbers such as 0,2")
-    return folds
+        values = []
+    if not values or min(values) < 0:
+        raise InputError(None, f"{option} {text!r}: expected 'all' or {example}")
+    return values
+
+
+def parse_folds(text: str) -> str | list[int]:
+    """`--folds` as written: "all", or fold numbers separated by commas ("0,2")."""
+    return _all_or_indices(text, "--folds", "fold numbers such as 0,2")
 
 
 def parse_tta(text: str) -> bool | list[int]:
     """`--tta` as written: "all" (every spatial axis), or the spatial axes to flip along ("0,1")."""
-    if text.strip() == "all":
-        return True
-    try:
-        axes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        axes = []
-    if not axes or min(axes) < 0:
-        raise InputError(None, f"--tta {text!r}: expected 'all' or spatial axes such as 0,1")
-    return axes
+    axes = _all_or_indices(text, "--tta", "spatial axes such as 0,1")
+    return True if axes == "all" else axes
