@@ -21,6 +21,7 @@ smallest: each keeps at least its centre voxel, or is dropped by name, and ids s
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 18  # thing voxels assigned per step; with K centers, a CHUNK x K distance block
 BACKENDS = ("auto", "torch", "compiled")
+GATHER_COST = 25  # a gathered window voxel costs about 25 shifted-maximum taps (measured on CPU, 2D and 3D)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,9 +76,11 @@ def deprecated_min_size(min_volume_mm3: float, stacklevel: int = 3) -> float:
 def find_centers(center: torch.Tensor, spacing: Sequence[float], config: PostprocessConfig) -> torch.Tensor:
     """(K, ndim) voxel coordinates of the heatmap's peaks, strongest first.
 
-    A peak is a voxel above the threshold that is the maximum of the NMS window around it.
-    Only voxels above the threshold are examined (their windows gathered in chunks), which
-    costs a few milliseconds where a dense max-pool over a whole CT costs a second on a CPU.
+    A peak is a voxel above the threshold that is the maximum of the NMS window around it. Two
+    ways give the same peaks, and the cheaper one for this heatmap is taken: gathering the windows
+    of the voxels above the threshold only (a few milliseconds where a dense max-pool over a whole
+    CT costs a second), or a separable window maximum, one axis after the other (a box's maximum is the
+    maximum of its rows' maxima), when many voxels are candidates, as on a tile of dense nuclei.
     """
     heat = center[0] if center.ndim == len(spacing) + 1 else center
     ndim = heat.ndim
@@ -85,6 +89,34 @@ def find_centers(center: torch.Tensor, spacing: Sequence[float], config: Postpro
     candidates = torch.nonzero(heat > config.center_threshold)
     if candidates.shape[0] == 0:
         return candidates
+    window = [2 * h + 1 for h in half]
+    if GATHER_COST * candidates.shape[0] * math.prod(window) > heat.numel() * sum(window):
+        peaks = candidates[heat[tuple(candidates.T)].float() >= _window_max(heat, half)[tuple(candidates.T)]]
+    else:
+        peaks = _gathered_peaks(heat, candidates, half)
+    order = torch.argsort(heat[tuple(peaks.T)], descending=True)[: config.top_k]
+    return peaks[order]
+
+
+def _window_max(heat: torch.Tensor, half: Sequence[int]) -> torch.Tensor:
+    """The maximum of the (2h+1)-wide box around every voxel (outside the grid counts as -inf), axis by
+    axis, as running maxima of shifted views: ~1 ns per voxel and tap on a CPU, where torch's
+    stride-1 max-pool costs tens."""
+    out = heat.float()
+    for axis, h in enumerate(half):
+        n = out.shape[axis]
+        padded = out.new_full([s + 2 * h if a == axis else s for a, s in enumerate(out.shape)], float("-inf"))
+        padded.narrow(axis, h, n).copy_(out)
+        result = padded.narrow(axis, 0, n).clone()
+        for shift in range(1, 2 * h + 1):
+            torch.maximum(result, padded.narrow(axis, shift, n), out=result)
+        out = result
+    return out
+
+
+def _gathered_peaks(heat: torch.Tensor, candidates: torch.Tensor, half: Sequence[int]) -> torch.Tensor:
+    """The candidates that are the maximum of their window, windows gathered in chunks."""
+    ndim = heat.ndim
     padded = F.pad(heat.float()[None, None], [h for h in reversed(half) for _ in (0, 1)], value=float("-inf"))[0, 0]
     steps = torch.stack(torch.meshgrid(*[torch.arange(-h, h + 1, device=heat.device) for h in half], indexing="ij"), -1)
     steps = steps.reshape(-1, ndim) + torch.as_tensor(half, device=heat.device)
@@ -96,9 +128,7 @@ def find_centers(center: torch.Tensor, spacing: Sequence[float], config: Postpro
         chunk = candidates[start:start + per_chunk]
         around = flat[((chunk[:, None, :] + steps[None]) * strides).sum(-1)]
         peaks.append(chunk[heat[tuple(chunk.T)].float() >= around.max(dim=1).values])
-    coords = torch.cat(peaks)
-    order = torch.argsort(heat[tuple(coords.T)], descending=True)[: config.top_k]
-    return coords[order]
+    return torch.cat(peaks)
 
 
 def _pointed(voxels: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:

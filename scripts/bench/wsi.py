@@ -1,6 +1,7 @@
 """Benchmark: the tiled whole-slide pipeline against the bare network on the same tiles, and its memory.
 
     python scripts/bench/wsi.py [--sizes 8192,32768] [--roi-size 4096] [--device cuda] [--busy N]
+                                [--only throughput|memory] [--work DIR]
 
 On whole-slide phantoms (`medpanoptic phantom --wsi`: pyramidal OME-TIFF at 0.5 µm/px):
 
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--device", help="torch device (default: cuda when available)")
     parser.add_argument("--busy", type=int, default=0, help="background CPU-burning processes during the timings")
     parser.add_argument("--work", help="folder for the phantoms and outputs (default: a temporary one)")
+    parser.add_argument("--only", choices=("throughput", "memory"), help="run one of the two parts")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,9 +126,11 @@ def main() -> None:
         images = {size: _phantom(Path(args.work) if args.work else work, size) for size in sizes}
         with busy_cores(args.busy):
             print(describe(args.busy))
-            throughput(images[sizes[0]], args.roi_size, args.device, work)
-            print("memory (each slide whole, in a fresh process):")
-            memory(images, args.device, work)
+            if args.only != "memory":
+                throughput(images[sizes[0]], args.roi_size, args.device, work)
+            if args.only != "throughput":
+                print("memory (each slide whole, in a fresh process):")
+                memory(images, args.device, work)
 
 
 if __name__ == "__main__":
