@@ -267,14 +267,26 @@ def gather_stats(label: np.ndarray, instance: np.ndarray, n_labels: int, n_ids: 
     return None if result[-1] else result[:-1]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _distance(coord, offsets, v, centers, k, scale, ndim):  # pragma: no cover - compiled
+    d = 0.0
+    for a in range(ndim):
+        diff = (coord[a] + offsets[a, v] - centers[k, a]) * scale[a]
+        d += diff * diff
+    return d
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def _assign(logits, offsets, dims, centers, scale, is_thing, semantic, owner, votes, probability):  # pragma: no cover
+def _assign(logits, offsets, dims, centers, scale, is_thing, cell, grid, starts, members,
+            semantic, owner, votes, probability):  # pragma: no cover - compiled
     n_classes, n = logits.shape
     ndim = offsets.shape[0]
     n_centers = centers.shape[0]
     per_block = (n + BLOCKS - 1) // BLOCKS
+    widest = max(grid[0], max(grid[1], grid[2]))
     for b in prange(BLOCKS):
         coord = np.zeros(ndim, np.float32)
+        home = np.zeros(3, np.int64)
         exps = np.zeros(n_classes, np.float32)
         for v in range(b * per_block, min(n, (b + 1) * per_block)):
             best_class = 0
@@ -294,16 +306,31 @@ def _assign(logits, offsets, dims, centers, scale, is_thing, semantic, owner, vo
             for a in range(ndim - 1, -1, -1):  # unravel the flat index (C order)
                 coord[a] = rest % dims[a]
                 rest //= dims[a]
-            nearest = 0
+            for a in range(3):  # the cell the offset points into, clamped to the grid
+                home[a] = 0
+                if a < ndim:
+                    q = np.int64(np.floor((coord[a] + offsets[a, v]) * scale[a] / cell))
+                    home[a] = min(max(q, 0), grid[a] - 1)
+            # rings of cells around it, nearest first, until no unseen center can be nearer
+            # (an unseen cell lies at least r cells away along some axis)
+            nearest = -1
             nearest_d = np.inf
-            for k in range(n_centers):
-                d = 0.0
-                for a in range(ndim):
-                    diff = (coord[a] + offsets[a, v] - centers[k, a]) * scale[a]
-                    d += diff * diff
-                if d < nearest_d:
-                    nearest_d = d
-                    nearest = k
+            for r in range(widest + 1):
+                for i in range(max(home[0] - r, 0), min(home[0] + r, grid[0] - 1) + 1):
+                    for j in range(max(home[1] - r, 0), min(home[1] + r, grid[1] - 1) + 1):
+                        for l in range(max(home[2] - r, 0), min(home[2] + r, grid[2] - 1) + 1):
+                            if max(abs(i - home[0]), max(abs(j - home[1]), abs(l - home[2]))) != r:
+                                continue
+                            c = (i * grid[1] + j) * grid[2] + l
+                            for m in range(starts[c], starts[c + 1]):
+                                k = members[m]
+                                d = _distance(coord, offsets, v, centers, k, scale, ndim)
+                                if d < nearest_d or (d == nearest_d and k < nearest):
+                                    nearest_d = d
+                                    nearest = k
+                bound = r * cell
+                if nearest >= 0 and nearest_d < bound * bound * (1.0 - 1e-5):
+                    break
             owner[v] = nearest + 1
             votes[b, nearest + 1, best_class] += 1
             total = 0.0
@@ -313,6 +340,25 @@ def _assign(logits, offsets, dims, centers, scale, is_thing, semantic, owner, vo
             for c in range(n_classes):
                 if is_thing[c]:
                     probability[b, nearest + 1, c] += exps[c] / total
+
+
+def center_grid(centers: np.ndarray, scale: np.ndarray):
+    """Centers bucketed in cubic cells of about one center each (in mm): the cell side, the grid's
+    shape (three axes, 1 for a missing one), and per cell (C order) the start of its run in `members`,
+    the center indices sorted by cell, in their own order within a cell."""
+    k, ndim = centers.shape
+    if k == 0:
+        return 1.0, np.ones(3, np.int64), np.zeros(2, np.int64), np.zeros(0, np.int64)
+    position = centers.astype(np.float64) * scale.astype(np.float64)
+    extent = position.max(axis=0) + scale
+    cell = max(float(np.prod(extent) / k) ** (1.0 / ndim), float(scale.min()))
+    index = np.zeros((k, 3), np.int64)
+    index[:, :ndim] = np.floor(position / cell).astype(np.int64)
+    grid = index.max(axis=0) + 1
+    flat = (index[:, 0] * grid[1] + index[:, 1]) * grid[2] + index[:, 2]
+    members = np.argsort(flat, kind="stable").astype(np.int64)
+    starts = np.searchsorted(flat[members], np.arange(int(np.prod(grid)) + 1)).astype(np.int64)
+    return cell, grid.astype(np.int64), starts, members
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -334,7 +380,8 @@ def _relabel(semantic, owner, new_class, new_id, instance):  # pragma: no cover 
 
 def assign_to_centers(logits: np.ndarray, offsets: np.ndarray, centers: np.ndarray, scale: np.ndarray,
                       is_thing: np.ndarray):
-    """One parallel pass: argmax, and for thing voxels the nearest center (in mm) after the offset.
+    """One parallel pass: argmax, and for thing voxels the nearest center (in mm) after the offset,
+    searched in rings of cells around where the offset points (`center_grid`), not over every center.
 
     Returns per voxel the class and the owner (0: not a thing, -1: a thing but no center,
     k + 1: center k), and per center the class votes and the summed probability of each class.
@@ -349,7 +396,9 @@ def assign_to_centers(logits: np.ndarray, offsets: np.ndarray, centers: np.ndarr
     k = centers.shape[0]
     votes = np.zeros((BLOCKS, k + 1, n_classes), np.int64)
     probability = np.zeros((BLOCKS, k + 1, n_classes), np.float64)
-    _assign(flat_logits, flat_offsets, dims, centers.astype(np.float32), scale.astype(np.float32), is_thing,
+    centers, scale = centers.astype(np.float32), scale.astype(np.float32)
+    cell, grid, starts, members = center_grid(centers, scale)
+    _assign(flat_logits, flat_offsets, dims, centers, scale, is_thing, cell, grid, starts, members,
             semantic, owner, votes, probability)
     return semantic, owner, votes.sum(axis=0), probability.sum(axis=0)
 

@@ -80,6 +80,33 @@ def test_compiled_cpu_grouping_equals_the_torch_grouping(dims, seed, vote_sigma_
     assert torch.equal(auto, compiled)
 
 
+@pytest.mark.parametrize("shape, spacing", [((120, 90), (0.0005, 0.0005)), ((40, 36, 12), (0.7, 0.9, 2.5))])
+def test_nearest_center_search_in_cells_equals_every_center(shape, spacing):
+    """The compiled pass looks for each voxel's center in rings of cells; it must pick the very
+    center a search over every center picks (the first of equals), with offsets that point far
+    off the grid and centers clustered in a corner as well as spread."""
+    from medpanoptic._kernels import assign_to_centers
+
+    rng = np.random.default_rng(7)
+    n = int(np.prod(shape))
+    logits = rng.normal(size=(2, *shape)).astype(np.float32)
+    logits[1] += 1.0  # most voxels of the thing class
+    offsets = (rng.normal(scale=6.0, size=(len(shape), *shape))).astype(np.float32)
+    offsets[:, ::7] *= 20  # some point far outside the grid
+    scale = np.asarray(spacing, np.float32)
+    spread = rng.integers(0, shape, size=(300, len(shape)))
+    cluster = rng.integers(0, 4, size=(40, len(shape)))
+    for centers in (spread, cluster, np.vstack([spread[:5], spread[:5]])):  # duplicates: ties go to the first
+        semantic, owner, _, _ = assign_to_centers(logits, offsets, centers.astype(np.float32), scale,
+                                                  np.array([False, True]))
+        coords = np.stack(np.unravel_index(np.arange(n), shape), 1).astype(np.float32)
+        pointed = (coords + offsets.reshape(len(shape), n).T) * scale
+        d = (((pointed[:, None, :] - centers[None].astype(np.float32) * scale) ** 2)).sum(-1)
+        expected = np.where(semantic == 1, d.argmin(1) + 1, 0)
+        assert semantic.sum() > n // 2
+        assert np.mean(owner == expected) > 0.99999, np.flatnonzero(owner != expected)[:5]  # float rounding of near ties at most
+
+
 def test_grouping_backend_is_checked():
     phantom = nuclei_phantom(shape=(48, 48), n_nuclei=2, seed=1)
     heads = ideal_heads(phantom, NUCLEI_SPACING, 0.001)

@@ -184,7 +184,7 @@ class SlideWriter:
         """Merge one finished tile into the label images and append its instances; then journal it."""
         if "zarr" in self.formats:
             merge_tile(part, self._arrays["semantic"], self._arrays["instance"], self.label_set, self.grid.region)
-        records = [self._record(part, gid, box) for gid, box in _owned_boxes(part)]
+        records = self._records(part)
         for fmt in self.text:
             f = self._files[fmt]
             for record in records:
@@ -198,48 +198,67 @@ class SlideWriter:
         sizes = {fmt: self._part(fmt).stat().st_size for fmt in self.text}
         self._append_journal({"tile": part.tile.index, "sizes": sizes, "counts": self.counts, "max_id": self.max_id})
 
-    def _record(self, part: OwnedTile, gid: int, box: tuple[slice, ...]) -> dict:
-        """The measures and the contour of one owned instance (inside `box` of its tile), from the owner's view."""
-        mask = part.pair[1][box] == gid
-        voxels = np.argwhere(mask) + np.array([b.start for b in box])
+    def _records(self, part: OwnedTile) -> list[dict]:
+        """The measures and contours of the tile's owned instances, from the owner's view: one pass over
+        the tile for all of them (counts, centroids, boxes, classes), then a contour each."""
+        ids, boxes, compact = _owned_boxes(part)
+        if not ids:
+            return []
+        where = np.nonzero(compact)
+        which = compact[where]
+        counts = np.bincount(which, minlength=len(ids) + 1)
+        sums = np.stack([np.bincount(which, weights=w, minlength=len(ids) + 1) for w in where], axis=1)
+        n_labels = int(part.pair[0].max()) + 1
+        votes = np.bincount(which * n_labels + part.pair[0][where].astype(np.int64), minlength=(len(ids) + 1) * n_labels)
+        classes = votes.reshape(len(ids) + 1, n_labels).argmax(axis=1)
         origin = np.array([b.start for b in part.tile.box])
-        cls = int(np.bincount(part.pair[0][box][mask].astype(np.int64)).argmax())
-        n = int(len(voxels))
-        pixel_mm = np.asarray(self.grid.pixel_size_mm)
-        size_mm = n * float(np.prod(pixel_mm))
-        centroid = voxels.mean(0) + origin  # working-grid voxel index
-        low, stop = voxels.min(0) + origin, voxels.max(0) + 1 + origin
         region_origin = np.array([r.start for r in self.grid.region])
-        record = {
-            "gid": gid, "label": cls, "class": self.label_set[cls].name if cls in self.label_set else str(cls),
-            "voxels": n, "size_mm": size_mm, "size_um": size_mm * 1e3 ** self.ndim,
-            "centroid": centroid - region_origin, "centroid_level0": xy_order(self.grid.to_level0(centroid + 0.5)),
-            "low": low - region_origin, "stop": stop - region_origin, "score": part.scores.get(gid, float("nan")),
-        }
-        if self.ndim == 2 and ("geojson" in self.formats):
-            record["contour"] = self._contour(mask, origin + np.array([b.start for b in box]))
-        return record
+        voxel_mm = float(np.prod(np.asarray(self.grid.pixel_size_mm)))
+        records = []
+        for k, (gid, box) in enumerate(zip(ids, boxes), start=1):
+            if box is None:
+                continue
+            cls, n = int(classes[k]), int(counts[k])
+            size_mm = n * voxel_mm
+            centroid = sums[k] / n + origin  # working-grid voxel index
+            low = np.array([b.start for b in box]) + origin
+            stop = np.array([b.stop for b in box]) + origin
+            records.append({
+                "gid": gid, "label": cls, "class": self.label_set[cls].name if cls in self.label_set else str(cls),
+                "voxels": n, "size_mm": size_mm, "size_um": size_mm * 1e3 ** self.ndim,
+                "centroid": centroid - region_origin, "centroid_level0": xy_order(self.grid.to_level0(centroid + 0.5)),
+                "low": low - region_origin, "stop": stop - region_origin, "score": part.scores.get(gid, float("nan")),
+            })
+        if self.ndim == 2 and "geojson" in self.formats:
+            found = [(k, box) for k, box in enumerate(boxes, start=1) if box is not None]
+            for record, contour in zip(records, self._contours(compact, found, origin)):
+                record["contour"] = contour
+        return records
 
-    def _contour(self, mask: np.ndarray, origin: np.ndarray) -> list[list[float]]:
-        """The outer contour of a 2D mask as a closed ring of level-0 (x, y) pixel-corner coordinates."""
-        from shapely.geometry import Polygon
+    def _contours(self, compact: np.ndarray, found: list[tuple[int, tuple[slice, ...]]],
+                  origin: np.ndarray) -> list[list[list[float]]]:
+        """The outer contour of each instance `k` (within `box` of the tile's `compact` ids) as a closed
+        ring of level-0 (x, y) pixel-corner coordinates; the polygons simplified and checked together."""
+        import shapely
         from skimage.measure import find_contours
 
-        rows, cols = np.nonzero(mask)
-        r0, c0 = rows.min(), cols.min()
-        crop = np.pad(mask[r0:rows.max() + 1, c0:cols.max() + 1], 1)
-        rings = find_contours(crop.astype(np.uint8), 0.5)
-        ring = max(rings, key=len)
-        working = ring + np.array([r0 + origin[0] - 1 + 0.5, c0 + origin[1] - 1 + 0.5])
-        xy = xy_order(self.grid.to_level0(working))
-        polygon = Polygon(xy)
+        rings = []
+        for k, box in found:
+            crop = np.zeros([b.stop - b.start + 2 for b in box], np.uint8)  # a pixel of margin: rings close
+            crop[1:-1, 1:-1] = compact[box] == k
+            ring = max(find_contours(crop, 0.5), key=len)
+            corner = np.array([box[0].start + origin[0] - 1 + 0.5, box[1].start + origin[1] - 1 + 0.5])
+            rings.append(xy_order(self.grid.to_level0(ring + corner)))
+        polygons = shapely.polygons([shapely.linearrings(r) for r in rings])
         if self.simplify_px > 0:
-            polygon = polygon.simplify(self.simplify_px)
-        if not polygon.is_valid:
-            polygon = polygon.buffer(0)
-            if polygon.geom_type == "MultiPolygon":
-                polygon = max(polygon.geoms, key=lambda g: g.area)
-        return [[round(float(x), 3), round(float(y), 3)] for x, y in polygon.exterior.coords]
+            polygons = shapely.simplify(polygons, self.simplify_px)
+        for i in np.flatnonzero(~shapely.is_valid(polygons)):
+            fixed = polygons[i].buffer(0)
+            polygons[i] = max(fixed.geoms, key=lambda g: g.area) if fixed.geom_type == "MultiPolygon" else fixed
+        coords, index = shapely.get_coordinates(shapely.get_exterior_ring(polygons), return_index=True)
+        coords = np.round(coords, 3)
+        cuts = np.searchsorted(index, np.arange(1, len(polygons)))
+        return [c.tolist() for c in np.split(coords, cuts)]
 
     def _line(self, fmt: str, r: dict) -> str:
         if fmt == "table":
@@ -347,19 +366,19 @@ class SlideWriter:
                                  "type": "nearest"}], "image-label": label_meta}
 
 
-def _owned_boxes(part: OwnedTile) -> list[tuple[int, tuple[slice, ...]]]:
-    """(global id, bounding box in the tile) of each owned instance with pixels, in id order: one pass over the tile."""
+def _owned_boxes(part: OwnedTile) -> tuple[list[int], list[tuple[slice, ...] | None], np.ndarray]:
+    """The owned global ids in order, the bounding box in the tile of each (None: no pixels), and the
+    tile's map of them as 1..n (0 elsewhere): one pass over the tile."""
     from scipy import ndimage
 
     ids = sorted(part.owned)
-    if not ids:
-        return []
     compact = np.zeros(part.pair[1].shape, np.int32)
+    if not ids:
+        return [], [], compact
     lookup = np.searchsorted(ids, part.pair[1])
     hit = (lookup < len(ids)) & (np.asarray(ids)[np.minimum(lookup, len(ids) - 1)] == part.pair[1])
     compact[hit] = lookup[hit] + 1
-    boxes = ndimage.find_objects(compact, max_label=len(ids))
-    return [(gid, box) for gid, box in zip(ids, boxes) if box is not None]
+    return ids, ndimage.find_objects(compact, max_label=len(ids)), compact
 
 
 def _build_pyramid(group) -> int:
