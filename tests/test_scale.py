@@ -25,10 +25,13 @@ SEEDS = (100, 101, 102, 103)
 TOLERANCE = 0.075
 """How far below the native-scale PQ_things the rescaled images may come, on average over SEEDS.
 
-The issue asks for 0.05; it is not met. Measured with nuclei_panoptic_2d 0.2.0 (retrained with scale
-augmentation; mean of seeds 100-103): grey native 0.954, 0.6x with the estimate 0.884 (-0.070). The
-estimate follows each image's own 30 nuclei, whose median size differs from the training median by
-up to ~10%; larger test images (more nuclei per estimate) would narrow it."""
+The issue asks for 0.05; it is not met at 0.6x. Measured with nuclei_panoptic_2d 0.2.0 (mean of
+seeds 100-103, grey): native 0.954; 0.6x with the estimate 0.884 (-0.070), with the true pixel size
+given instead 0.892 (-0.062). The estimate is not what is short: at 0.6x the nuclei are 7-14 px
+wide, and the truth itself is the native truth resampled onto that grid, so even a perfect
+segmentation carried back onto it scores 0.927 (0.938 by nearest neighbour, which scores the
+network's outputs lower: 0.875). The 0.05 leaves the network 0.02 of that ceiling; more accurate
+weights, not a better estimate, would close it."""
 
 
 def magnified(phantom, factor: float, path):
@@ -100,6 +103,27 @@ def test_rescaled_image_covers_the_same_field_and_comes_back_on_the_source_grid(
     assert tuple(back.shape) == (2, 50, 40) and lost == []
     assert int((back[1] == 1).sum()) == 64 and int((back[1] == 2).sum()) == 16
     assert scores == {1: 0.9, 2: 0.5}
+
+
+@pytest.mark.parametrize("factor, floor", [(0.6, 0.92), (1.6, 0.98)])
+def test_a_perfect_segmentation_carried_back_keeps_its_objects(factor, floor):
+    """The ceiling of the figures below: the truth at the training scale, carried back onto the
+    rescaled image's grid as a prediction is, scored against the truth resampled onto that grid
+    (0.927 measured at 0.6x, where 7-14 px nuclei lose their outlines to the grid; 0.983 at 1.6x)."""
+    from medpanoptic.scale import scaled_shape
+
+    values = []
+    for seed in SEEDS:
+        phantom = nuclei_phantom(seed=seed)
+        pair = phantom.pair.as_tensor()
+        shape = tuple(int(round(n * factor)) for n in pair.shape[1:])
+        resample = lambda p, size: torch.nn.functional.interpolate(p[None].double(), size=size, mode="nearest-exact")[0].to(torch.int32)  # noqa: E731
+        truth = resample(pair, shape)
+        at_training_scale = resample(pair, scaled_shape(shape, 1 / factor))
+        back, _, lost = to_source_grid(at_training_scale, shape, {}, thing_ids=phantom.label_set.thing_ids)
+        assert lost == []
+        values.append(float(panoptic_quality(back, truth, phantom.label_set).summary()["pq_things"]))
+    assert floor <= float(np.mean(values)) < 1.0, values
 
 
 @pytest.fixture(scope="module")
