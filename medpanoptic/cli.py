@@ -359,6 +359,11 @@ def run_segment_slides(args: argparse.Namespace, slides) -> int:
     from .wsi.infer import segment_slide
     from .wsi.writers import SLIDE_FORMATS
 
+    untaken = [flag for flag, given in (("--tta", args.tta), ("--tta-axes", args.tta_axes), ("--folds", args.folds),
+                                         ("--strict-domain", args.strict_domain)) if given]
+    if untaken:  # refused rather than quietly ignored: the user asked for something the tiles would not get
+        raise MedPanopticError(f"{', '.join(untaken)}: the tiled path runs the bundle's one network on each tile, "
+                               "without flips, folds or a domain check; leave it out for whole slides")
     formats = [f.strip() for f in (args.to or SLIDE_DEFAULT_FORMATS).split(",") if f.strip()]
     other = [f for f in formats if f not in SLIDE_FORMATS]
     if other:

@@ -223,6 +223,7 @@ def test_segment_refuses_bad_slides_in_one_line_and_leaves_nothing(phantom_slide
         ((phantom_slide.image, "--roi", "1500,0,100,100"), "--roi 1500,0,100,100 lies outside the slide (1536 x 1536 pixels"),
         ((phantom_slide.image, "--to", "nifti"), "a whole slide is written as zarr, geojson, centroids, table, parquet, not nifti"),
         ((phantom_slide.image, "--to", "dicom-seg"), "not dicom-seg: highdicom's Segmentation (tile_pixel_array=True) takes"),
+        ((phantom_slide.image, "--tta", "--folds", "all"), "--tta, --folds: the tiled path runs the bundle's one network"),
     ]
     for argv, message in cases:
         out = tmp_path / "out"
