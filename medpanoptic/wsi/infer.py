@@ -6,8 +6,8 @@ Tiles are read (and pre-processed) on worker threads into a bounded queue, pinne
 device is CUDA; batches of tiles go through the bundle's own inferer and network (AMP on CUDA);
 each tile's heads are grouped on the device with `group_instances`; `stitch.own_instances` keeps
 the instances whose centre lies in the tile's core, and the `SlideWriter` merges and streams them
-out on a thread of its own, while the next batch is on the device. With `scheduler=ADDRESS` the batches are mapped on a `dask.distributed` cluster instead and
-only the stitching and writing stay here.
+out on a thread of its own, while the next batch is on the device. With `scheduler=ADDRESS` the
+batches are mapped on a `dask.distributed` cluster instead and only the stitching and writing stay here.
 """
 
 from __future__ import annotations

@@ -214,10 +214,9 @@ class SlideWriter:
         origin = np.array([b.start for b in part.tile.box])
         region_origin = np.array([r.start for r in self.grid.region])
         voxel_mm = float(np.prod(np.asarray(self.grid.pixel_size_mm)))
+        present = [(k, gid, box) for k, (gid, box) in enumerate(zip(ids, boxes), start=1) if box is not None]
         records = []
-        for k, (gid, box) in enumerate(zip(ids, boxes), start=1):
-            if box is None:
-                continue
+        for k, gid, box in present:
             cls, n = int(classes[k]), int(counts[k])
             size_mm = n * voxel_mm
             centroid = sums[k] / n + origin  # working-grid voxel index
@@ -230,8 +229,7 @@ class SlideWriter:
                 "low": low - region_origin, "stop": stop - region_origin, "score": part.scores.get(gid, float("nan")),
             })
         if self.ndim == 2 and "geojson" in self.formats:
-            found = [(k, box) for k, box in enumerate(boxes, start=1) if box is not None]
-            for record, contour in zip(records, self._contours(compact, found, origin)):
+            for record, contour in zip(records, self._contours(compact, [(k, box) for k, _, box in present], origin)):
                 record["contour"] = contour
         return records
 

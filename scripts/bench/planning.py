@@ -181,8 +181,9 @@ def truth_as_trained(phantom, label_set) -> torch.Tensor:
     microscopy layout keeps only the nuclei (its masks hold instance ids), so tissue becomes background."""
     label, instance = integer_pair(phantom.pair)
     out_label, out_instance = torch.zeros_like(label), torch.zeros_like(instance)
+    trained = {c.name for c in label_set}
     for cls in phantom.label_set:
-        if cls.name in {c.name for c in label_set}:
+        if cls.name in trained:
             where = label == cls.id
             out_label[where] = label_set.by_name(cls.name).id
             out_instance[where] = instance[where]

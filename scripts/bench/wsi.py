@@ -103,7 +103,8 @@ def memory(images: dict[int, Path], device: str | None, out: Path) -> None:
         print(f"  {size:>6}² slide: peak RSS {float(rss):8.1f} MiB ({tiles} tiles, {instances} instances)")
     low, high = peaks[min(peaks)], peaks[max(peaks)]
     growth = high / low - 1
-    print(f"  peak RSS {max(peaks)}² vs {min(peaks)}²: {growth:+.1%} (goal within 15%: {'met' if abs(growth) <= 0.15 else 'NOT met'})")
+    verdict = "met" if abs(growth) <= 0.15 else "NOT met"
+    print(f"  peak RSS {max(peaks)}² vs {min(peaks)}²: {growth:+.1%} (goal within 15%: {verdict})")
 
 
 def main() -> None:
