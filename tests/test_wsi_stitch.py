@@ -8,11 +8,12 @@ import zarr
 
 from medpanoptic.errors import InputError, PanopticError
 from medpanoptic.wsi.infer import segment_slide
+from medpanoptic.wsi.oracle import TruthHeads
 from medpanoptic.wsi.stitch import id_dtype, merge_tile, own_instances, panoptic_divisor
 from medpanoptic.wsi.tiles import tile_grid
 from tests.wsi_cases import (
-    BORDER_CENTRES_2D, LABELS, PIXEL_2D, VOXEL_3D, IdealHeads, balls, ideal_grouping, instance_sets,
-    matched_agreement, truth_slide,
+    BORDER_CENTRES_2D, LABELS, PIXEL_2D, VOXEL_3D, balls, ideal_grouping, instance_sets, matched_agreement,
+    truth_slide,
 )
 
 
@@ -28,7 +29,7 @@ def _untiled(predictor, grouping, pixels_channel_first):
 
 def test_ideal_heads_2d_nuclei_on_tile_borders_and_corners(tmp_path):
     truth = balls((300, 300), BORDER_CENTRES_2D, 0.005, PIXEL_2D)
-    slide, predictor, grouping = truth_slide(truth, PIXEL_2D), IdealHeads(LABELS, PIXEL_2D), ideal_grouping(PIXEL_2D)
+    slide, predictor, grouping = truth_slide(truth, PIXEL_2D), TruthHeads(LABELS, PIXEL_2D), ideal_grouping(PIXEL_2D)
     run = segment_slide(slide, None, tmp_path, ("zarr",), stem="s", core=128, halo=32, tissue=False,
                         predictor=predictor, grouping=grouping)
     assert len(run.grid.tiles) == 9 and run.resumed_tiles == 0
@@ -45,7 +46,7 @@ def test_ideal_heads_3d_balls_on_chunk_faces(tmp_path):
     shape = (40, 64, 64)
     centres = [(20, 32, 32), (20, 10, 32), (10, 32, 10), (20, 32, 50), (30, 50, 50), (8, 8, 8)]  # faces at z 20, y/x 32
     truth = balls(shape, centres, 0.006, VOXEL_3D)
-    slide, predictor, grouping = truth_slide(truth, VOXEL_3D), IdealHeads(LABELS, VOXEL_3D, 0.003), ideal_grouping(VOXEL_3D, 0.004)
+    slide, predictor, grouping = truth_slide(truth, VOXEL_3D), TruthHeads(LABELS, VOXEL_3D, 0.003), ideal_grouping(VOXEL_3D, 0.004)
     run = segment_slide(slide, None, tmp_path, ("zarr", "table"), stem="v", core=(20, 32, 32), halo=(8, 12, 12),
                         tissue=False, predictor=predictor, grouping=grouping)
     assert len(run.grid.tiles) == 8
@@ -83,7 +84,7 @@ def test_real_bundle_stitched_equals_untiled(tmp_path):
 
 def test_merge_order_does_not_matter_and_a_repeated_tile_changes_nothing():
     truth = balls((300, 300), BORDER_CENTRES_2D, 0.006, PIXEL_2D)
-    predictor, grouping = IdealHeads(LABELS, PIXEL_2D), ideal_grouping(PIXEL_2D)
+    predictor, grouping = TruthHeads(LABELS, PIXEL_2D), ideal_grouping(PIXEL_2D)
     grid = tile_grid(truth_slide(truth, PIXEL_2D), PIXEL_2D, 128, 32)
     parts = []
     for tile in grid.tiles:
@@ -130,7 +131,7 @@ def test_roi_outside_the_slide_is_refused(tmp_path):
 
 def test_roi_segments_only_the_region_and_keeps_level0_coordinates(tmp_path):
     truth = balls((300, 300), BORDER_CENTRES_2D, 0.005, PIXEL_2D)
-    slide, predictor, grouping = truth_slide(truth, PIXEL_2D), IdealHeads(LABELS, PIXEL_2D), ideal_grouping(PIXEL_2D)
+    slide, predictor, grouping = truth_slide(truth, PIXEL_2D), TruthHeads(LABELS, PIXEL_2D), ideal_grouping(PIXEL_2D)
     run = segment_slide(slide, None, tmp_path, ("zarr", "table"), stem="roi", roi=(100, 100, 120, 80), core=64,
                         halo=32, tissue=False, predictor=predictor, grouping=grouping)
     label, instance = _stitched(tmp_path, "roi")
@@ -156,7 +157,7 @@ def test_a_killed_run_resumes_and_gives_the_same_outputs(tmp_path):
     slide, grouping = truth_slide(truth, PIXEL_2D), ideal_grouping(PIXEL_2D)
     formats = ("zarr", "geojson", "table")
 
-    class Dies(IdealHeads):
+    class Dies(TruthHeads):
         calls = 0
 
         def forward(self, batch):
@@ -169,9 +170,9 @@ def test_a_killed_run_resumes_and_gives_the_same_outputs(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         segment_slide(slide, None, tmp_path / "a", formats, predictor=Dies(LABELS, PIXEL_2D), **kwargs)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".k.partial"]  # nothing under a final name
-    run = segment_slide(slide, None, tmp_path / "a", formats, predictor=IdealHeads(LABELS, PIXEL_2D), **kwargs)
+    run = segment_slide(slide, None, tmp_path / "a", formats, predictor=TruthHeads(LABELS, PIXEL_2D), **kwargs)
     assert run.resumed_tiles == 4
-    clean = segment_slide(slide, None, tmp_path / "b", formats, predictor=IdealHeads(LABELS, PIXEL_2D), **kwargs)
+    clean = segment_slide(slide, None, tmp_path / "b", formats, predictor=TruthHeads(LABELS, PIXEL_2D), **kwargs)
     for name in ("k_instances.csv", "k.geojson"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     assert all(np.array_equal(x, y) for x, y in zip(_stitched(tmp_path / "a", "k"), _stitched(tmp_path / "b", "k")))
@@ -184,7 +185,7 @@ def test_tiles_mapped_on_a_dask_cluster_give_the_same_result(tmp_path):
 
     truth = balls((300, 300), BORDER_CENTRES_2D, 0.005, PIXEL_2D)
     slide, grouping = truth_slide(truth, PIXEL_2D), ideal_grouping(PIXEL_2D)
-    kwargs = dict(core=128, halo=32, tissue=False, grouping=grouping, predictor=IdealHeads(LABELS, PIXEL_2D))
+    kwargs = dict(core=128, halo=32, tissue=False, grouping=grouping, predictor=TruthHeads(LABELS, PIXEL_2D))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         segment_slide(slide, None, tmp_path / "d", ("zarr", "table"), stem="s", scheduler=client, **kwargs)
@@ -212,3 +213,16 @@ def test_tiles_come_from_the_nearest_finer_level_and_are_resampled_to_the_bundle
     block_means = ramp.reshape(128, 2, 160, 2).mean(axis=(1, 3))[tile.box]
     assert np.allclose(pixels, block_means, atol=1e-3)
     assert np.allclose(grid.to_level0(np.array([[10.0, 20.0]])), [[20.0, 40.0]])
+
+
+def test_the_halo_comes_from_the_largest_trained_instance_not_the_tuned_nms():
+    from types import SimpleNamespace
+
+    from medpanoptic.wsi.infer import halo_for, largest_instance_mm
+
+    trained = SimpleNamespace(fingerprint={"instances": {"equivalent_diameter_mm": {"max": 0.0145}}})
+    assert largest_instance_mm(trained) == pytest.approx(0.029)
+    assert largest_instance_mm(SimpleNamespace(fingerprint=None)) is None
+    assert largest_instance_mm(SimpleNamespace(fingerprint={"instances": {}})) is None
+    grouping = ideal_grouping(PIXEL_2D, nms_mm=0.0062)  # a tuner's wide NMS: 8 windows would be 100 px
+    assert halo_for(grouping) == 128 and halo_for(grouping, largest_instance_mm(trained)) == 80  # 58 px + 16 context

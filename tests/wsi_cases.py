@@ -1,40 +1,20 @@
 """Slides for the tiled-path tests: truth pairs with things centred on tile borders, corners and chunk
-faces, and a predictor whose heads are those of the truth (targets as network output)."""
+faces, to run through `medpanoptic.wsi.oracle.TruthHeads` (the truth's targets as network output)."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from medpanoptic.labels import LabelSet, nuclei_labels
+from medpanoptic.labels import nuclei_labels
 from medpanoptic.postprocess import PostprocessConfig
-from medpanoptic.targets import panoptic_targets
 from medpanoptic.wsi.infer import Grouping
 from medpanoptic.wsi.slide import ArraySlide
 
 PIXEL_2D = (0.0005, 0.0005)
 VOXEL_3D = (0.002, 0.001, 0.001)  # anisotropic: z twice as coarse
 LABELS = nuclei_labels()
-
-
-class IdealHeads:
-    """A `Predictor` over a slide whose two channels are a truth pair (label, instance): its heads
-    are the truth's targets, one-hot logits for the classes. What a perfect network would output."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, label_set: LabelSet, spacing: Sequence[float], sigma_mm: float = 0.002) -> None:
-        self.label_set, self.spacing, self.sigma_mm = label_set, tuple(spacing), sigma_mm
-
-    def prepare(self, pixels: np.ndarray) -> torch.Tensor:
-        targets = panoptic_targets(np.rint(pixels).astype(np.int32), self.label_set, self.spacing, self.sigma_mm)
-        logits = torch.nn.functional.one_hot(targets["semantic"][0], self.label_set.max_id + 1).movedim(-1, 0)
-        return torch.cat([10.0 * logits.float(), targets["center"], targets["offset"]])
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch
 
 
 def ideal_grouping(spacing: Sequence[float], nms_mm: float = 0.003) -> Grouping:

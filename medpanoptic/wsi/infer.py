@@ -29,6 +29,7 @@ from ..errors import InputError
 from ..labels import LabelSet
 from ..nets import HeadLayout
 from ..postprocess import PostprocessConfig, group_instances
+from ._malloc import HeapTrimmer, share_malloc_arenas
 from .slide import Slide
 from .stitch import id_dtype, own_instances
 from .tiles import Tile, TileGrid, read_tile, tile_grid
@@ -134,6 +135,15 @@ def bundle_grouping(segmenter) -> Grouping:
     return Grouping(segmenter.label_set, post.config, spacing, post.backend)
 
 
+def largest_instance_mm(segmenter) -> float | None:
+    """Twice the largest instance the bundle was trained on (its fingerprint's equivalent diameters;
+    twice for the scale augmentation's headroom), or None when its fingerprint does not say. It sizes
+    the halo from the data, not from the NMS radius, which the post-processing tuner moves."""
+    diameters = ((getattr(segmenter, "fingerprint", None) or {}).get("instances") or {}).get("equivalent_diameter_mm") or {}
+    largest = diameters.get("max")
+    return 2.0 * float(largest) if isinstance(largest, (int, float)) and largest > 0 else None
+
+
 def halo_for(grouping: Grouping, max_instance_mm: float | None = None) -> int:
     """Halo in working pixels: the largest expected instance (default 8 NMS windows) plus network context,
     rounded up to a multiple of 16."""
@@ -194,9 +204,12 @@ class TiledInference:
         timings = Timings()
         bar = _progress(len(grid.tiles), len(grid.tiles) - len(tiles), progress)
         dtype = writer.id_dtype
+        trimmer = HeapTrimmer()
+
         def write(tile: Tile, pair: np.ndarray, scores: dict) -> None:
             start = time.perf_counter()
             writer.write_tile(own_instances(tile, pair, scores, self.grouping.stride, dtype))
+            trimmer.tick()
             timings.writing += time.perf_counter() - start
             timings.tiles += 1
             timings.pixels += int(np.prod(tile.shape))
@@ -331,9 +344,11 @@ def segment_slide(
     loaded `Segmenter`) and write `formats` into `out_dir` as `<stem>.*`.
 
     `core`/`halo` are tile sizes in working pixels (default 512 in 2D, 128 in 3D; halo from
-    `max_instance_mm`, see `halo_for`). `tissue`: True detects tissue (`wsi.tissue.tissue_mask`,
-    when available) and skips background tiles; a `(mask, downsample)` pair is used as given.
+    `max_instance_mm`, by default the bundle's `largest_instance_mm`, see `halo_for`). `tissue`:
+    True detects tissue (`wsi.tissue.tissue_mask`, when available) and skips background tiles; a
+    `(mask, downsample)` pair is used as given.
     `predictor` and `grouping` replace the bundle's (tests feed ideal heads this way)."""
+    share_malloc_arenas()  # before the reader and writer threads start (see `_malloc`)
     windows: tuple = (None, None)
     if predictor is None or grouping is None:
         from ..segment import Segmenter
@@ -342,6 +357,7 @@ def segment_slide(
         predictor = predictor or BundlePredictor(segmenter)
         grouping = grouping or bundle_grouping(segmenter)
         windows = inferer_windows(segmenter.inferer)
+        max_instance_mm = max_instance_mm if max_instance_mm is not None else largest_instance_mm(segmenter)
     ndim = len(slide.shape)
     if len(grouping.pixel_size_mm) != ndim:
         raise InputError(slide.path, f"a {ndim}D slide; the bundle segments {len(grouping.pixel_size_mm)}D images")

@@ -1,7 +1,7 @@
 """Benchmark: the tiled whole-slide pipeline against the bare network on the same tiles, and its memory.
 
     python scripts/bench/wsi.py [--sizes 8192,32768] [--roi-size 4096] [--device cuda] [--busy N]
-                                [--only throughput|memory] [--work DIR]
+                                [--only throughput|memory] [--heads network|truth] [--work DIR]
 
 On whole-slide phantoms (`medpanoptic phantom --wsi`: pyramidal OME-TIFF at 0.5 µm/px):
 
@@ -11,7 +11,11 @@ On whole-slide phantoms (`medpanoptic phantom --wsi`: pyramidal OME-TIFF at 0.5 
    Printed: MPix/s of both, pipeline ÷ network pixel throughput (goal >= 0.9) and
    (grouping + stitching + writing) ÷ network time (goal <= 0.2);
 2. memory: each slide of `--sizes` segmented whole in a fresh process; its peak resident memory
-   (goal: flat within 15% from the smallest to the largest slide).
+   (goal: flat within 15% from the smallest to the largest slide). `--heads truth` runs it with the
+   phantom's truth as the heads of a perfect network (`wsi.oracle`) instead of the bundle's
+   network: the network's memory is one batch of tiles at any slide size, and on a CPU its
+   ~1 s a tile makes a 32k² slide (about 4000 tissue tiles) hours long; everything else
+   (read-ahead, grouping, stitching, the writers, the pyramid) runs as in a real run.
 
 `--busy N` runs everything beside N CPU-burning processes (see `load.py`).
 """
@@ -82,25 +86,38 @@ def throughput(image: Path, roi_size: int, device: str | None, out: Path) -> Non
     print(f"  (grouping + stitching + writing) / network = {post:.3f} (goal <= 0.2: {'met' if post <= 0.2 else 'NOT met'})")
 
 
-def peak_rss_child(image: str, device: str | None, out: str) -> None:
+def peak_rss_child(image: str, device: str | None, out: str, heads: str) -> None:
     """Run in a fresh process: segment the whole slide, print the peak resident memory in MiB."""
     from medpanoptic.segment import Segmenter
-    from medpanoptic.wsi.infer import segment_slide
+    from medpanoptic.wsi.infer import bundle_grouping, largest_instance_mm, segment_slide
+    from medpanoptic.wsi.oracle import TruthHeads, open_truth
     from medpanoptic.wsi.readers import open_slide
+    from medpanoptic.wsi.tissue import tissue_mask
 
-    run = segment_slide(open_slide(image), Segmenter("nuclei_panoptic_2d", device), out, FORMATS, resume=False)
+    seg = Segmenter("nuclei_panoptic_2d", device)
+    slide = open_slide(image)
+    if heads == "network":
+        run = segment_slide(slide, seg, out, FORMATS, resume=False)
+    else:  # the same tiles of tissue, their heads from the truth beside the slide
+        grouping = bundle_grouping(seg)
+        truth = open_truth(Path(image).parent / "truth.ome.zarr")
+        run = segment_slide(truth, None, out, FORMATS, resume=False, tissue=tissue_mask(slide),
+                            max_instance_mm=largest_instance_mm(seg),
+                            predictor=TruthHeads(seg.label_set, grouping.pixel_size_mm), grouping=grouping)
     print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} {len(run.grid.tiles)} {run.instances}")
 
 
-def memory(images: dict[int, Path], device: str | None, out: Path) -> None:
+def memory(images: dict[int, Path], device: str | None, out: Path, heads: str) -> None:
     peaks = {}
     for size, image in images.items():
-        cmd = [sys.executable, __file__, "--child", str(image), "--out", str(out / f"mem{size}")]
+        cmd = [sys.executable, __file__, "--child", str(image), "--out", str(out / f"mem{size}"), "--heads", heads]
         cmd += ["--device", device] if device else []
+        start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rss, tiles, instances = done.stdout.split()[-3:]
         peaks[size] = float(rss)
-        print(f"  {size:>6}² slide: peak RSS {float(rss):8.1f} MiB ({tiles} tiles, {instances} instances)")
+        print(f"  {size:>6}² slide: peak RSS {float(rss):8.1f} MiB ({tiles} tiles, {instances} instances, "
+              f"{time.perf_counter() - start:.0f} s)", flush=True)
     low, high = peaks[min(peaks)], peaks[max(peaks)]
     growth = high / low - 1
     verdict = "met" if abs(growth) <= 0.15 else "NOT met"
@@ -115,11 +132,13 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=0, help="background CPU-burning processes during the timings")
     parser.add_argument("--work", help="folder for the phantoms and outputs (default: a temporary one)")
     parser.add_argument("--only", choices=("throughput", "memory"), help="run one of the two parts")
+    parser.add_argument("--heads", choices=("network", "truth"), default="network",
+                        help="memory part: the bundle's network, or the phantom's truth as a perfect network's heads")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        peak_rss_child(args.child, args.device, args.out)
+        peak_rss_child(args.child, args.device, args.out, args.heads)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(dir=args.work) as work:
@@ -130,8 +149,8 @@ def main() -> None:
             if args.only != "memory":
                 throughput(images[sizes[0]], args.roi_size, args.device, work)
             if args.only != "throughput":
-                print("memory (each slide whole, in a fresh process):")
-                memory(images, args.device, work)
+                print(f"memory (each slide whole, in a fresh process; heads: {args.heads}):")
+                memory(images, args.device, work, args.heads)
 
 
 if __name__ == "__main__":

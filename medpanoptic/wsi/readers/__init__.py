@@ -32,6 +32,9 @@ def open_slide(
     `reader` forces a backend (one of `READERS`); by default it is chosen from the file's
     content and suffix. Anything that is not a slide is refused with an `InputError`.
     """
+    from .._malloc import share_malloc_arenas
+
+    share_malloc_arenas()  # before the readers' threads allocate (see `wsi._malloc`)
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder")
