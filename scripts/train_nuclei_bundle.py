@@ -25,7 +25,7 @@ import numpy as np
 from medpanoptic.io.decathlon import write_case, write_dataset_json
 from medpanoptic.planning.datasets import load_dataset
 from medpanoptic.planning.memory import estimate_memory_gb
-from medpanoptic.planning.plan import make_plan, save_plan
+from medpanoptic.planning.plan import make_plan, resampling_augmentation, save_plan
 from medpanoptic.planning.train import train
 from medpanoptic.synthetic import nuclei_phantom
 
@@ -64,6 +64,9 @@ def shipped_plan(dataset_root: Path, epochs: int, learning_rate: float | None = 
     _decide(plan, "scale_augmentation", [0.6, 1.7],
             "pictures rarely state their magnification: nuclei 0.6x to 1.7x the training size are seen in training, "
             "so a large nucleus is not cut in two (the scale estimate handles what lies beyond)")
+    _decide(plan, "resampling_augmentation", resampling_augmentation(nominal=True)["value"],
+            "pictures rarely state their magnification: the scale estimate rescales them, so the network also "
+            "sees pictures blurred and down-up resampled as a rescaled one is")
     network, labels = plan["decisions"]["network"]["value"], plan["label_set"]
     n_classes = 1 + max(c["id"] for c in labels["classes"])
     _decide(plan, "estimated_memory_gb", round(estimate_memory_gb([128, 128], 4, network, 2, 3, n_classes), 3),

@@ -479,3 +479,31 @@ def test_the_gpu_training_benchmark_refuses_without_a_cuda_device_in_one_line(tm
     assert done.stderr.strip() == ("gpu_training.py: error: no CUDA device (torch.cuda.is_available() is False): "
                                    "this benchmark needs a GPU")
     assert not (tmp_path / "work").exists()
+
+
+def test_pictures_without_a_pixel_size_train_on_blurred_and_resampled_images_too(microscopy_png, msd_oblique):
+    """A picture without a pixel size is rescaled at inference by an estimated factor: the plan has its
+    network see such soft, resampled pictures in training (MONAI transforms in train.json, run here);
+    scans that state their pixel size are resampled alike in training and inference and get none."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from medpanoptic.planning.bundle import train_config
+    from medpanoptic.planning.plan import make_plan
+
+    plan = make_plan(load_dataset(microscopy_png))
+    assert plan["decisions"]["resampling_augmentation"]["value"]["low_resolution_zoom"] == [0.55, 1.0]
+    steps = {t["_target_"]: t for t in train_config(plan)["train"]["augmentation"]}
+    assert steps["RandSimulateLowResolutiond"]["upsample_mode"] == "bilinear"
+    assert "sigma_z" not in steps["RandGaussianSmoothd"]
+    blur = ConfigParser({"t": {**steps["RandGaussianSmoothd"], "prob": 1.0}}).get_parsed_content("t")
+    low = ConfigParser({"t": {**steps["RandSimulateLowResolutiond"], "prob": 1.0, "zoom_range": [0.5, 0.5]}}).get_parsed_content("t")
+    edge = torch.zeros((1, 32, 32))
+    edge[:, :, 16:] = 1.0
+    for transform in (blur, low):
+        soft = transform({"image": edge.clone()})["image"]
+        assert soft.shape == edge.shape and bool(((soft > 0.05) & (soft < 0.95)).any())  # the step made soft
+    scans = make_plan(load_dataset(msd_oblique))
+    assert scans["decisions"]["resampling_augmentation"]["value"] is None
+    assert not {"RandSimulateLowResolutiond", "RandGaussianSmoothd"} & {
+        t["_target_"] for t in train_config(scans)["train"]["augmentation"]}

@@ -260,10 +260,28 @@ def _augmentation(plan: dict) -> list[dict]:
         *({"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": axis} for axis in range(dims)),
         {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5},
         {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
+        *_resampling_augmentation(plan),
         {"_target_": "medpanoptic.transforms.PanopticTargetsd", "keys": "label", "label_set": "@label_set",
          "sigma_mm": "@sigma_mm", "sigma_fraction": "@sigma_fraction", "spacing": "@pixel_size_mm"},
         {"_target_": "EnsureTyped", "keys": keys, "track_meta": False},
         {"_target_": "DeleteItemsd", "keys": ["label_thing_indices", "label_other_indices"]},
+    ]
+
+
+def _resampling_augmentation(plan: dict) -> list[dict]:
+    """The plan's blur and down-up resampling of the image alone (plans before it, or scans with a
+    pixel size: none). Down by area, up by linear interpolation: as the scale estimate's rescaling."""
+    value = plan["decisions"].get("resampling_augmentation", {}).get("value")
+    if not value:
+        return []
+    dims = _spatial_dims(plan)
+    sigma = [float(v) for v in value["blur_sigma_px"]]
+    return [
+        {"_target_": "RandGaussianSmoothd", "keys": "image", "prob": value["prob"],
+         **{f"sigma_{axis}": sigma for axis in "xyz"[:dims]}},
+        {"_target_": "RandSimulateLowResolutiond", "keys": "image", "prob": value["prob"], "downsample_mode": "area",
+         "upsample_mode": "bilinear" if dims == 2 else "trilinear",
+         "zoom_range": [float(v) for v in value["low_resolution_zoom"]]},
     ]
 
 

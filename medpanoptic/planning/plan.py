@@ -341,7 +341,19 @@ def instance_decisions(dataset, fingerprint: dict) -> dict:
         "center_threshold": _decision(SHIPPED_CENTER_THRESHOLD, "the shipped bundles' value, a starting point: "
                                                                 "tuned after training on the out-of-fold outputs"),
         "scale_augmentation": _decision(scale, f"random zoom range: {why}"),
+        "resampling_augmentation": resampling_augmentation(nominal),
     }
+
+
+def resampling_augmentation(nominal: bool) -> dict:
+    """Blur and a down-up resampling of the image: what a picture without a pixel size looks like once
+    the scale estimate has rescaled it (an enlarged small one is soft, a shrunk large one has smoothed
+    noise). Scans that state their pixel size are resampled alike in training and inference: none."""
+    if not nominal:
+        return _decision(None, "the scans state their pixel size: training and inference resample them alike")
+    value = {"prob": 0.2, "blur_sigma_px": [0.3, 0.8], "low_resolution_zoom": [0.55, 1.0]}
+    return _decision(value, "the pictures state no pixel size: at inference they are rescaled by an estimated "
+                            "factor, so the network also sees blurred and down-up resampled pictures")
 
 
 def schedule(dataset, fingerprint: dict) -> dict:
