@@ -165,10 +165,11 @@ def test_with_the_estimate_pq_things_stays_near_the_native_scale(figures):
 
 
 def test_without_the_estimate_the_magnified_images_are_worse(figures):
-    """The bundle's scale augmentation keeps it from cutting 1.6x nuclei in two on its own (PQ_things ~0.75
-    where the unaugmented weights gave ~0.4); bringing the image to the training scale still adds to that."""
+    """The bundle's scale and resampling augmentation keep it from cutting 1.6x nuclei in two on its own
+    (0.3.0, RGB: PQ_things 0.848 without the estimate, where the unaugmented weights gave ~0.4); bringing
+    the image to the training scale still adds to that (0.895)."""
     for rgb in (False, True):
-        assert _mean(figures, "without", rgb=rgb, factor=1.6) < _mean(figures, "with", rgb=rgb, factor=1.6) - 0.05, figures
+        assert _mean(figures, "without", rgb=rgb, factor=1.6) < _mean(figures, "with", rgb=rgb, factor=1.6) - 0.03, figures
 
 
 def test_the_estimate_finds_the_magnification_and_reports_it(figures):

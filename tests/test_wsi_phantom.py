@@ -172,7 +172,7 @@ def test_volume_phantom_nuclei_on_chunk_faces(tmp_path):
     root = zarr.open_group(path, mode="r")
     assert root["0"].chunks == (64, 128, 128)
     instance = np.asarray(root["labels/instance/0"][:])
-    label = np.asarray(root["labels/semantic/0"][:])
+    label = np.asarray(root["labels/label/0"][:])
     assert int(instance.max()) == len(nuclei) == len(np.unique(instance)) - 1
     assert image[instance > 0].mean() > 100
     assert 50 > image[label == 1].mean() > image[label == 0].mean()

@@ -20,7 +20,7 @@ from .slide import Slide
 
 TARGET_UM = 10.0  # µm per pixel of the view tissue is detected on: within the usual 8-16
 MIN_SIDE = 64  # px: a coarser level is too small to see tissue on
-MAX_VIEW_PIXELS = 1 << 24  # a level larger than this is read strided, block by block
+MAX_VIEW_PIXELS = 1 << 20  # a level larger than this is read strided, block by block (a 32k² slide: 16 µm/px)
 MIN_SATURATION, MAX_SATURATION_THRESHOLD, MIN_DENSITY = 0.05, 0.15, 0.04
 
 
