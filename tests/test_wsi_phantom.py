@@ -17,7 +17,7 @@ from medpanoptic.wsi.phantom import (
     write_wsi_phantom,
 )
 from medpanoptic.wsi.readers import open_slide
-from tests.wsi_cases import instance_sets
+from tests.wsi_cases import LABELS, PIXEL_2D, ideal_grouping, instance_sets
 
 SIZE = 2304  # 4.5 tiles: partial tiles at the right and bottom edges, three pyramid levels
 
@@ -108,19 +108,15 @@ def test_nuclei_on_tile_borders_and_corners_are_cut_by_the_tiles(phantom, truth)
 def test_its_truth_through_the_tiled_pipeline_gives_back_every_nucleus(phantom, truth, tmp_path):
     """The truth read by region as a slide (`open_truth`), its targets as heads: tiles of 512 px cut the
     border nuclei in two and in four, and the stitched slide still holds exactly the truth's nuclei."""
-    from medpanoptic.labels import nuclei_labels
-    from medpanoptic.postprocess import PostprocessConfig
-    from medpanoptic.wsi.infer import Grouping, segment_slide
+    from medpanoptic.wsi.infer import segment_slide
     from medpanoptic.wsi.oracle import TruthHeads, open_truth
 
-    pixel = (0.0005, 0.0005)
-    grouping = Grouping(nuclei_labels(), PostprocessConfig(center_threshold=0.3, nms_mm=0.003), pixel)
     with open_truth(phantom.truth) as slide:
-        assert slide.shape == (SIZE, SIZE) and slide.channels == 2 and slide.pixel_size_mm == pixel
+        assert slide.shape == (SIZE, SIZE) and slide.channels == 2 and slide.pixel_size_mm == PIXEL_2D
         box = (slice(500, 530), slice(1000, 1100))
         np.testing.assert_array_equal(slide.read(box)[..., 1], truth[1][box])
         run = segment_slide(slide, None, tmp_path, ("zarr", "table"), stem="t", core=512, halo=48, tissue=False,
-                            predictor=TruthHeads(nuclei_labels(), pixel), grouping=grouping)
+                            predictor=TruthHeads(LABELS, PIXEL_2D), grouping=ideal_grouping(PIXEL_2D))
     assert run.instances == phantom.n_nuclei
     root = zarr.open_group(tmp_path / "t.ome.zarr", mode="r")
     np.testing.assert_array_equal(np.asarray(root["labels/semantic/0"][:]), truth[0])
