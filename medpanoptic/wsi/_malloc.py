@@ -16,6 +16,7 @@ of native heap per tile that is not found yet.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -29,7 +30,9 @@ TRIM_EVERY = 8
 _done = False
 
 
+@functools.cache
 def _glibc():
+    """The process's C library when it is glibc (asked once: `platform.libc_ver` reads the interpreter's binary)."""
     return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
 
 
