@@ -409,3 +409,84 @@ def relabel(semantic: np.ndarray, owner: np.ndarray, new_class: np.ndarray, new_
     instance = np.empty(semantic.shape, np.int32)
     _relabel(semantic, owner, new_class.astype(np.int32), new_id.astype(np.int32), instance)
     return instance
+
+
+@njit(cache=True, nogil=True)
+def _find(ids, value):  # pragma: no cover - compiled
+    """Index of `value` in the sorted `ids`, or -1."""
+    low, high = 0, ids.size
+    while low < high:
+        mid = (low + high) // 2
+        if ids[mid] < value:
+            low = mid + 1
+        else:
+            high = mid
+    return low if low < ids.size and ids[low] == value else -1
+
+
+@njit(cache=True, nogil=True)
+def _summary(label, instance, ids, d1, d2, n_labels, spacing):  # pragma: no cover - compiled
+    n_ids = ids.size
+    count = np.zeros(n_ids, np.int64)
+    total = np.zeros((n_ids, 3), np.float64)
+    low = np.full((n_ids, 3), np.iinfo(np.int64).max, np.int64)
+    high = np.full((n_ids, 3), -1, np.int64)
+    votes = np.zeros((n_ids, n_labels), np.int64)
+    index = np.full(instance.size, -1, np.int32)
+    last = -1
+    last_value = 0
+    for v in range(instance.size):
+        t = instance[v]
+        if t == 0:
+            continue
+        if t != last_value:  # runs of one id are the rule: look it up once per run
+            last_value, last = t, _find(ids, t)
+        if last < 0:
+            continue
+        k = last
+        index[v] = k
+        count[k] += 1
+        coord = (v // (d1 * d2), (v // d2) % d1, v % d2)
+        for a in range(3):
+            total[k, a] += coord[a]
+            low[k, a] = min(low[k, a], coord[a])
+            high[k, a] = max(high[k, a], coord[a])
+        g = np.int64(label[v])
+        if 0 <= g < n_labels:
+            votes[k, g] += 1
+    # the centre: the member voxel nearest (in mm) to the centroid, the first in C order on a tie
+    nearest = np.full(n_ids, np.inf)
+    centre = np.full(n_ids, -1, np.int64)
+    for v in range(instance.size):
+        k = index[v]
+        if k < 0:
+            continue
+        coord = (v // (d1 * d2), (v // d2) % d1, v % d2)
+        d = 0.0
+        for a in range(3):
+            diff = (coord[a] - total[k, a] / count[k]) * spacing[a]
+            d += diff * diff
+        if d < nearest[k]:
+            nearest[k] = d
+            centre[k] = v
+    return count, total, low, high + 1, votes, centre
+
+
+def instance_summary(label: np.ndarray, instance: np.ndarray, ids: np.ndarray, spacing) -> dict[str, np.ndarray]:
+    """One pass over a pair for the instances `ids` (sorted): per id its voxel count, coordinate sums,
+    box (start, stop), label votes and centre voxel (the member nearest in mm to the centroid, as
+    `postprocess.instance_centres` defines it). Serial and free of the GIL: it runs beside the network.
+
+    Arrays are per id in the order of `ids`, coordinates over the array's axes; an id with no voxel has
+    count 0 and centre -1. Other ids in `instance` are ignored."""
+    ndim = instance.ndim
+    shape = (1,) * (3 - ndim) + instance.shape
+    n_labels = int(label.max()) + 1 if label.size else 1
+    pad = (1.0,) * (3 - ndim) + tuple(float(s) for s in spacing)
+    count, total, low, stop, votes, centre = _summary(
+        np.ascontiguousarray(label).reshape(-1), np.ascontiguousarray(instance).reshape(-1),
+        np.ascontiguousarray(ids, dtype=np.asarray(instance).dtype), shape[1], shape[2], n_labels, np.array(pad))
+    centre_voxel = np.stack(np.unravel_index(np.maximum(centre, 0), shape), axis=1)[:, 3 - ndim:]
+    centre_voxel[centre < 0] = -1
+    return {"count": count, "sum": total[:, 3 - ndim:], "start": low[:, 3 - ndim:], "stop": stop[:, 3 - ndim:],
+            "votes": votes, "centre": centre_voxel}

@@ -315,22 +315,29 @@ def instance_centres(pair: torch.Tensor, affine) -> Centres:
     Recorded on the grid the instances were found on, so that `restore_instances` can still place
     an instance that inversion onto a coarser source grid would lose.
     """
+    from ._kernels import instance_summary
+
     arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
     label, instance = arr[0], arr[1]
-    voxels = np.argwhere(instance > 0)
-    if len(voxels) == 0:
+    ids = present_ids(instance)
+    if ids.size == 0:
         return {}
     affine = np.asarray(affine, dtype=float)
-    ids = instance[tuple(voxels.T)].astype(np.int64)
-    counts = np.bincount(ids)
-    sums = np.stack([np.bincount(ids, weights=voxels[:, axis]) for axis in range(voxels.shape[1])], 1)
-    centroid = sums[ids] / counts[ids, None]
-    distance = (((voxels - centroid) * spacing_from_affine(affine, voxels.shape[1])) ** 2).sum(1)
-    order = np.lexsort((distance, ids))
-    first = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
-    ras = voxel_to_ras(affine, voxels[first])
-    return {int(ids[k]): (int(label[tuple(voxels[k])]), tuple(float(v) for v in position))
-            for k, position in zip(first.tolist(), ras)}
+    summary = instance_summary(label, instance, ids, spacing_from_affine(affine, instance.ndim))
+    centre = summary["centre"]
+    ras = voxel_to_ras(affine, centre)
+    return {int(i): (int(label[tuple(c)]), tuple(float(v) for v in position))
+            for i, c, position in zip(ids.tolist(), centre, ras)}
+
+
+def present_ids(instance: np.ndarray) -> np.ndarray:
+    """The sorted ids > 0 present in an instance map (without a sort where the ids are small)."""
+    top = int(instance.max()) if instance.size else 0
+    if top <= 0:
+        return np.zeros(0, np.int64)
+    if top <= 4 * instance.size:
+        return np.flatnonzero(np.bincount(instance.reshape(-1).clip(0), minlength=top + 1)[1:]) + 1
+    return np.unique(instance[instance > 0]).astype(np.int64)
 
 
 def restore_instances(pair: torch.Tensor, affine, centres: Centres,

@@ -1,7 +1,7 @@
 """Stitching: the instances of overlapping tiles become one instance map over the slide.
 
 An instance belongs to the tile whose core holds its centre (the member pixel nearest its
-centroid, as `postprocess.instance_centres` defines it). The halo is at least the largest
+centroid, as `postprocess.instance_centres` defines it, in working-grid pixels). The halo is at least the largest
 instance, so the owner sees all of it; neighbours see the same instance, but do not own it. The
 owner writes all of its pixels, also those in a neighbour's core; the merge rule makes the result
 independent of the order the tiles arrive in (and a tile written twice, after a resumed run,
@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import PanopticError
 from ..labels import LabelSet
 from ..pair import PANOPTIC_DIVISOR
-from ..postprocess import instance_centres
+from ..postprocess import present_ids
 from .tiles import Tile
 
 
@@ -53,8 +53,8 @@ class OwnedTile:
     scores: dict[int, float] = field(default_factory=dict)
 
     def own_mask(self) -> np.ndarray:
-        ids = np.fromiter(self.owned, dtype=np.int64, count=len(self.owned))
-        return np.isin(self.pair[1], ids) if ids.size else np.zeros(self.pair.shape[1:], bool)
+        """The pixels of the owned instances (the only non-zero ids of `pair`)."""
+        return self.pair[1] != 0
 
 
 def id_dtype(n_tiles: int, stride: int) -> np.dtype:
@@ -82,24 +82,25 @@ def own_instances(tile: Tile, pair: np.ndarray, scores: dict[int, float], stride
     local_max = int(pair[1].max()) if pair[1].size else 0
     if local_max >= stride:
         raise PanopticError(f"tile {tile.index}: {local_max} instances, more than the {stride - 1} a tile may hold")
+    from .._kernels import instance_summary
+
     core = tile.core_in_box()
-    centres = instance_centres(pair, np.eye(4))
-    origin = np.array([b.start for b in tile.box], dtype=float)
+    ids = present_ids(pair[1])
+    centre = instance_summary(pair[0], pair[1], ids, (1.0,) * len(core))["centre"]
+    origin = np.array([b.start for b in tile.box])
+    in_core = np.ones(len(ids), bool)
+    for axis, c in enumerate(core):
+        in_core &= (centre[:, axis] >= c.start) & (centre[:, axis] < c.stop)
     offset = tile.index * stride
     lut = np.zeros(local_max + 1, dtype=dtype)
-    owned: dict[int, tuple[int, tuple[float, ...]]] = {}
-    owned_scores: dict[int, float] = {}
-    for local, (cls, centre) in centres.items():
-        where = centre[: len(core)]
-        if all(c.start <= round(v) < c.stop for v, c in zip(where, core)):
-            gid = offset + local
-            lut[local] = gid
-            owned[gid] = (cls, tuple(float(v) for v in np.asarray(where) + origin))
-            if local in scores:
-                owned_scores[gid] = float(scores[local])
+    lut[ids[in_core]] = offset + ids[in_core]
+    classes = pair[0][tuple(centre[in_core].T)]
+    owned = {int(offset + i): (int(k), tuple(float(v) for v in c + origin))
+             for i, k, c in zip(ids[in_core].tolist(), classes.tolist(), centre[in_core])}
+    owned_scores = {int(offset + i): float(scores[i]) for i in ids[in_core].tolist() if i in scores}
     out = np.empty(pair.shape, dtype=dtype)
     out[0] = pair[0]
-    out[1] = lut[pair[1].astype(np.int64)]
+    np.take(lut, pair[1], out=out[1])
     return OwnedTile(tile, out, owned, owned_scores)
 
 

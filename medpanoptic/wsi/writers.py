@@ -199,69 +199,68 @@ class SlideWriter:
         self._append_journal({"tile": part.tile.index, "sizes": sizes, "counts": self.counts, "max_id": self.max_id})
 
     def _records(self, part: OwnedTile) -> list[dict]:
-        """The measures and contours of the tile's owned instances, from the owner's view: one pass over
-        the tile for all of them (counts, centroids, boxes, classes), then a contour each."""
-        ids, boxes, compact = _owned_boxes(part)
-        if not ids:
+        """The measures and contours of the tile's owned instances, from the owner's view: one compiled
+        pass over the tile for all of them (counts, centroids, boxes, class votes), then their rings."""
+        from .._kernels import instance_summary
+
+        ids = np.array(sorted(part.owned), dtype=part.pair.dtype)
+        if not ids.size:
             return []
-        where = np.nonzero(compact)
-        which = compact[where]
-        counts = np.bincount(which, minlength=len(ids) + 1)
-        sums = np.stack([np.bincount(which, weights=w, minlength=len(ids) + 1) for w in where], axis=1)
-        n_labels = int(part.pair[0].max()) + 1
-        votes = np.bincount(which * n_labels + part.pair[0][where].astype(np.int64), minlength=(len(ids) + 1) * n_labels)
-        classes = votes.reshape(len(ids) + 1, n_labels).argmax(axis=1)
+        summary = instance_summary(part.pair[0], part.pair[1], ids, self.grid.pixel_size_mm)
+        present = summary["count"] > 0
+        ids, counts = ids[present], summary["count"][present]
+        classes = summary["votes"][present].argmax(axis=1)
         origin = np.array([b.start for b in part.tile.box])
         region_origin = np.array([r.start for r in self.grid.region])
         voxel_mm = float(np.prod(np.asarray(self.grid.pixel_size_mm)))
-        present = [(k, gid, box) for k, (gid, box) in enumerate(zip(ids, boxes), start=1) if box is not None]
-        records = []
-        for k, gid, box in present:
-            cls, n = int(classes[k]), int(counts[k])
-            size_mm = n * voxel_mm
-            centroid = sums[k] / n + origin  # working-grid voxel index
-            low = np.array([b.start for b in box]) + origin
-            stop = np.array([b.stop for b in box]) + origin
-            records.append({
-                "gid": gid, "label": cls, "class": self.label_set[cls].name if cls in self.label_set else str(cls),
-                "voxels": n, "size_mm": size_mm, "size_um": size_mm * 1e3 ** self.ndim,
-                "centroid": centroid - region_origin, "centroid_level0": xy_order(self.grid.to_level0(centroid + 0.5)),
-                "low": low - region_origin, "stop": stop - region_origin, "score": part.scores.get(gid, float("nan")),
-            })
+        centroid = summary["sum"][present] / counts[:, None] + origin  # working-grid voxel index
+        start, stop = summary["start"][present], summary["stop"][present]
+        size_mm = counts * voxel_mm
+        columns = {
+            "gid": ids.tolist(), "label": classes.tolist(), "voxels": counts.tolist(), "size_mm": size_mm.tolist(),
+            "size_um": (size_mm * 1e3 ** self.ndim).tolist(), "centroid": (centroid - region_origin).tolist(),
+            "centroid_level0": xy_order(self.grid.to_level0(centroid + 0.5)).tolist(),
+            "low": (start + origin - region_origin).tolist(), "stop": (stop + origin - region_origin).tolist(),
+        }
+        names = {c.id: c.name for c in self.label_set}
+        records = [dict(zip(columns, row)) for row in zip(*columns.values())]
+        for record in records:
+            record["class"] = names.get(record["label"], str(record["label"]))
+            record["score"] = part.scores.get(record["gid"], float("nan"))
         if self.ndim == 2 and "geojson" in self.formats:
-            for record, contour in zip(records, self._contours(compact, [(k, box) for k, _, box in present], origin)):
+            for record, contour in zip(records, self._contours(part.pair[1], ids, start, stop, origin)):
                 record["contour"] = contour
         return records
 
-    def _contours(self, compact: np.ndarray, found: list[tuple[int, tuple[slice, ...]]],
+    def _contours(self, instance: np.ndarray, ids: np.ndarray, start: np.ndarray, stop: np.ndarray,
                   origin: np.ndarray) -> list[list[list[float]]]:
-        """The outer contour of each instance `k` (within `box` of the tile's `compact` ids) as a closed
-        ring of level-0 (x, y) pixel-corner coordinates; the polygons simplified and checked together."""
+        """The outer ring of each instance (`contours.outer_rings`, on pixel corners) as a closed ring
+        of level-0 (x, y) coordinates; integers where they all are; the polygons simplified and checked together."""
         import shapely
-        from skimage.measure import find_contours
 
-        rings = []
-        for k, box in found:
-            crop = np.zeros([b.stop - b.start + 2 for b in box], np.uint8)  # a pixel of margin: rings close
-            crop[1:-1, 1:-1] = compact[box] == k
-            ring = max(find_contours(crop, 0.5), key=len)
-            corner = np.array([box[0].start + origin[0] - 1 + 0.5, box[1].start + origin[1] - 1 + 0.5])
-            rings.append(xy_order(self.grid.to_level0(ring + corner)))
-        polygons = shapely.polygons([shapely.linearrings(r) for r in rings])
+        from .contours import outer_rings
+
+        corners, offsets = outer_rings(instance, ids, start, stop)
+        points = xy_order(self.grid.to_level0(corners + origin))
+        rings = shapely.linearrings(points, indices=np.repeat(np.arange(len(ids)), np.diff(offsets)))
+        polygons = shapely.polygons(rings)
         if self.simplify_px > 0:
             polygons = shapely.simplify(polygons, self.simplify_px)
-        for i in np.flatnonzero(~shapely.is_valid(polygons)):
+        for i in np.flatnonzero(~shapely.is_valid(polygons)):  # a ring touching itself at a corner
             fixed = polygons[i].buffer(0)
             polygons[i] = max(fixed.geoms, key=lambda g: g.area) if fixed.geom_type == "MultiPolygon" else fixed
         coords, index = shapely.get_coordinates(shapely.get_exterior_ring(polygons), return_index=True)
         coords = np.round(coords, 3)
-        cuts = np.searchsorted(index, np.arange(1, len(polygons)))
-        return [c.tolist() for c in np.split(coords, cuts)]
+        if np.array_equal(coords, np.rint(coords)):
+            coords = coords.astype(np.int64)
+        cuts = np.searchsorted(index, np.arange(len(polygons) + 1)).tolist()
+        listed = coords.tolist()
+        return [listed[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
     def _line(self, fmt: str, r: dict) -> str:
         if fmt == "table":
             values = ([r["gid"], r["label"], r["class"], r["voxels"], r["size_mm"], r["size_um"]]
-                      + list(r["centroid"]) + list(r["centroid_level0"]) + list(r["low"]) + list(r["stop"]) + [r["score"]])
+                      + r["centroid"] + r["centroid_level0"] + r["low"] + r["stop"] + [r["score"]])
             return ",".join(_csv_value(v) for v in values) + "\n"
         colour = list(self.label_set[r["label"]].color) if r["label"] in self.label_set else [128, 128, 128]
         geometry = ({"type": "Polygon", "coordinates": [r["contour"]]} if fmt == "geojson" else
@@ -362,21 +361,6 @@ class SlideWriter:
             label_meta["properties"] = [{"label-value": c.id, "name": c.name, "kind": c.kind} for c in self.label_set]
         return {"multiscales": [{"version": "0.4", "name": name, "axes": axes, "datasets": datasets,
                                  "type": "nearest"}], "image-label": label_meta}
-
-
-def _owned_boxes(part: OwnedTile) -> tuple[list[int], list[tuple[slice, ...] | None], np.ndarray]:
-    """The owned global ids in order, the bounding box in the tile of each (None: no pixels), and the
-    tile's map of them as 1..n (0 elsewhere): one pass over the tile."""
-    from scipy import ndimage
-
-    ids = sorted(part.owned)
-    compact = np.zeros(part.pair[1].shape, np.int32)
-    if not ids:
-        return [], [], compact
-    lookup = np.searchsorted(ids, part.pair[1])
-    hit = (lookup < len(ids)) & (np.asarray(ids)[np.minimum(lookup, len(ids) - 1)] == part.pair[1])
-    compact[hit] = lookup[hit] + 1
-    return ids, ndimage.find_objects(compact, max_label=len(ids)), compact
 
 
 def _build_pyramid(group) -> int:
