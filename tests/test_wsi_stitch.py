@@ -180,6 +180,56 @@ def test_a_killed_run_resumes_and_gives_the_same_outputs(tmp_path):
     assert clean.resumed_tiles == 0
 
 
+KILLED_RUN = """
+import os, sys
+from medpanoptic.wsi.infer import segment_slide
+from medpanoptic.wsi.oracle import TruthHeads
+from tests.wsi_cases import BORDER_CENTRES_2D, LABELS, PIXEL_2D, balls, ideal_grouping, truth_slide
+
+class Dies(TruthHeads):
+    calls = 0
+
+    def forward(self, batch):
+        Dies.calls += 1
+        if Dies.calls == int(sys.argv[2]):
+            os._exit(9)  # no finally, no flush: what SIGKILL leaves
+        return batch
+
+truth = balls((300, 300), BORDER_CENTRES_2D, 0.005, PIXEL_2D)
+segment_slide(truth_slide(truth, PIXEL_2D), None, sys.argv[1], ("zarr", "geojson", "table"), stem="k", core=64,
+              halo=32, tissue=False, grouping=ideal_grouping(PIXEL_2D), batch_size=1, chunk=64,
+              predictor=Dies(LABELS, PIXEL_2D))
+"""
+
+
+@pytest.mark.parametrize("dies_at", [4, 20])
+def test_a_run_killed_outright_journals_only_stored_tiles_and_resumes_to_the_same_outputs(tmp_path, dies_at):
+    """Chunks of the label images wait in memory for their last tile: a run killed without a chance to
+    store them must not have journaled the tiles whose pixels they held."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "a"), str(dies_at)], cwd=root,
+                            capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+    journal = (tmp_path / "a" / ".k.partial" / "journal.jsonl").read_text().splitlines()
+    assert len(journal) - 1 < dies_at - 1  # (the fingerprint first) not every tile that had been written
+    if dies_at > 16:  # past three rows of tiles: the first rows are whole and recorded
+        assert len(journal) > 1
+    truth = balls((300, 300), BORDER_CENTRES_2D, 0.005, PIXEL_2D)
+    slide, grouping = truth_slide(truth, PIXEL_2D), ideal_grouping(PIXEL_2D)
+    kwargs = dict(stem="k", core=64, halo=32, tissue=False, grouping=grouping, batch_size=1, chunk=64)
+    formats = ("zarr", "geojson", "table")
+    run = segment_slide(slide, None, tmp_path / "a", formats, predictor=TruthHeads(LABELS, PIXEL_2D), **kwargs)
+    assert run.resumed_tiles == len(journal) - 1
+    segment_slide(slide, None, tmp_path / "b", formats, predictor=TruthHeads(LABELS, PIXEL_2D), **kwargs)
+    for name in ("k_instances.csv", "k.geojson"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    assert all(np.array_equal(x, y) for x, y in zip(_stitched(tmp_path / "a", "k"), _stitched(tmp_path / "b", "k")))
+
+
 def test_tiles_mapped_on_a_dask_cluster_give_the_same_result(tmp_path):
     from distributed import Client, LocalCluster
 

@@ -32,7 +32,7 @@ from ..postprocess import PostprocessConfig, group_instances
 from ._malloc import HeapTrimmer, share_malloc_arenas
 from .slide import Slide
 from .stitch import id_dtype, own_instances
-from .tiles import Tile, TileGrid, read_tile, tile_grid
+from .tiles import Tile, TileGrid, in_bands, read_tile, tile_grid
 from .writers import SlideWriter, check_disk, estimate_bytes, run_fingerprint
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class TiledInference:
 
     def run(self, slide: Slide, grid: TileGrid, writer: SlideWriter, skip: set[int] = frozenset(),
             progress: bool = False, scheduler: str | None = None) -> Timings:
-        tiles = [t for t in grid.tiles if t.index not in skip]
+        tiles = in_bands([t for t in grid.tiles if t.index not in skip])
         timings = Timings()
         bar = _progress(len(grid.tiles), len(grid.tiles) - len(tiles), progress)
         dtype = writer.id_dtype

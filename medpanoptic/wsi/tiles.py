@@ -23,6 +23,9 @@ from ..errors import InputError
 from ..io.geometry import xy_order
 from .slide import Slide
 
+BAND_PX = 4096
+"""Working pixels across a band of tiles (`in_bands`)."""
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -209,6 +212,13 @@ def read_tile(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
     points = torch.from_numpy(xy_order(torch.stack(mesh, dim=-1).numpy()).copy())[None]  # grid_sample: x first
     sampled = F.grid_sample(source, points, mode="bilinear", padding_mode="border", align_corners=True)
     return sampled[0].numpy()
+
+
+def in_bands(tiles: Sequence[Tile], width: int = BAND_PX) -> list[Tile]:
+    """The tiles band by band, each band `width` working pixels across the axes after the first and
+    taken down the first axis: the label image chunks a run holds at once (`canvas`) are then as many
+    on a slide of any width, where row by row they would be two rows of chunks across the slide."""
+    return sorted(tiles, key=lambda t: (tuple(c.start // width for c in t.core[1:]), tuple(c.start for c in t.core)))
 
 
 def iter_boxes(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[slice, ...]]:

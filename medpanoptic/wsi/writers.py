@@ -25,10 +25,12 @@ import csv
 import gzip
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -38,8 +40,9 @@ from ..errors import InputError
 from ..io.geometry import xy_order
 from ..io.paths import inside, safe_component
 from ..labels import LabelSet
+from .canvas import ChunkedCanvas, capacity_for
 from .stitch import OwnedTile, merge_tile, panoptic_divisor
-from .tiles import TileGrid, iter_boxes
+from .tiles import BAND_PX, TileGrid, iter_boxes
 
 SLIDE_FORMATS = ("zarr", "geojson", "centroids", "table", "parquet")
 SLIDE_SUFFIXES = {"zarr": ".ome.zarr", "geojson": ".geojson", "centroids": "_centroids.geojson",
@@ -49,6 +52,7 @@ TEXT_FORMATS = ("geojson", "centroids", "table")
 LABEL_NAMES = ("semantic", "instance")
 JOURNAL = "journal.jsonl"
 ZARR_CHUNK = 512
+log = logging.getLogger(__name__)
 
 
 def table_columns(ndim: int) -> list[str]:
@@ -91,7 +95,8 @@ class SlideWriter:
         self.max_id = 0
         self.text = [f for f in TEXT_FORMATS if f in self.formats or (f == "table" and "parquet" in self.formats)]
         self._files: dict[str, object] = {}
-        self._arrays: dict[str, object] = {}
+        self._canvases: dict[str, ChunkedCanvas] = {}
+        self._unsafe: OrderedDict[int, list] = OrderedDict()  # tile -> [chunks not stored, its journal entry]
 
     # -- paths ----------------------------------------------------------------------------
     def target(self, fmt: str) -> Path:
@@ -177,26 +182,66 @@ class SlideWriter:
                 image = labels.create_group(name)
                 image.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
         root = zarr.open_group(str(path), mode="r+", zarr_format=2)
-        self._arrays = {name: root[f"labels/{name}/0"] for name in LABEL_NAMES}
+        capacity = capacity_for(chunks, self.grid.tile_shape, BAND_PX)
+        self._canvases = {name: ChunkedCanvas(root[f"labels/{name}/0"], capacity, fresh, self._stored)
+                          for name in LABEL_NAMES}
+        coming = [self._on_canvas(t.box) for t in self.grid.tiles if t.index not in self.done]
+        for canvas in self._canvases.values():
+            canvas.expect(coming)
+
+    def _on_canvas(self, box: tuple[slice, ...]) -> tuple[slice, ...]:
+        """A working-grid box on the label images (which cover the grid's region), clipped to them."""
+        return tuple(slice(max(b.start - r.start, 0), max(min(b.stop, r.stop) - r.start, 0))
+                     for b, r in zip(box, self.grid.region))
 
     # -- one tile -------------------------------------------------------------------------
     def write_tile(self, part: OwnedTile) -> None:
-        """Merge one finished tile into the label images and append its instances; then journal it."""
-        if "zarr" in self.formats:
-            merge_tile(part, self._arrays["semantic"], self._arrays["instance"], self.label_set, self.grid.region)
+        """Merge one finished tile into the label images and append its instances; journal it once all
+        of it is stored (its label image chunks may wait in memory for the neighbouring tiles)."""
+        index = part.tile.index
+        box = self._on_canvas(part.tile.box)
+        if self._canvases:
+            for canvas in self._canvases.values():
+                canvas.begin(index)
+            merge_tile(part, self._canvases["semantic"], self._canvases["instance"], self.label_set, self.grid.region)
         records = self._records(part)
         for fmt in self.text:
             f = self._files[fmt]
-            for record in records:
-                f.write(self._line(fmt, record))
-                self.counts[fmt] += 1
+            if fmt == "table":
+                csv.writer(f, lineterminator="\n").writerows(_table_row(r) for r in records)
+                self.counts[fmt] += len(records)
+            else:
+                for record in records:
+                    f.write(self._feature(fmt, record))
+                    self.counts[fmt] += 1
             f.flush()
             os.fsync(f.fileno())
         if part.owned:
             self.max_id = max(self.max_id, max(part.owned))
-        self.done.add(part.tile.index)
+        self.done.add(index)
         sizes = {fmt: self._part(fmt).stat().st_size for fmt in self.text}
-        self._append_journal({"tile": part.tile.index, "sizes": sizes, "counts": self.counts, "max_id": self.max_id})
+        entry = {"tile": index, "sizes": sizes, "counts": dict(self.counts), "max_id": self.max_id}
+        self._unsafe[index] = [sum(c.unstored(box, index) for c in self._canvases.values()), entry]
+        for canvas in self._canvases.values():
+            canvas.done(box)
+        self._journal_stored()
+
+    def _stored(self, chunk, tiles: set[int]) -> None:
+        """A label image chunk holding writes of `tiles` reached the store."""
+        for tile in tiles:
+            waiting = self._unsafe.get(tile)
+            if waiting is not None:
+                waiting[0] -= 1
+
+    def _journal_stored(self) -> None:
+        """Journal the tiles, in the order they came, up to the first one not wholly stored yet: a resumed
+        run cuts the text files back to the last entry and does the rest again."""
+        while self._unsafe:
+            tile, (unstored, entry) = next(iter(self._unsafe.items()))
+            if unstored > 0:
+                return
+            del self._unsafe[tile]
+            self._append_journal(entry)
 
     def _records(self, part: OwnedTile) -> list[dict]:
         """The measures and contours of the tile's owned instances, from the owner's view: one compiled
@@ -257,11 +302,8 @@ class SlideWriter:
         listed = coords.tolist()
         return [listed[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
-    def _line(self, fmt: str, r: dict) -> str:
-        if fmt == "table":
-            values = ([r["gid"], r["label"], r["class"], r["voxels"], r["size_mm"], r["size_um"]]
-                      + r["centroid"] + r["centroid_level0"] + r["low"] + r["stop"] + [r["score"]])
-            return ",".join(_csv_value(v) for v in values) + "\n"
+    def _feature(self, fmt: str, r: dict) -> str:
+        """One GeoJSON Feature (`geojson`: the polygon, `centroids`: the point), after a separator but the first."""
         colour = list(self.label_set[r["label"]].color) if r["label"] in self.label_set else [128, 128, 128]
         geometry = ({"type": "Polygon", "coordinates": [r["contour"]]} if fmt == "geojson" else
                     {"type": "Point", "coordinates": [round(float(v), 3) for v in r["centroid_level0"]]})
@@ -282,6 +324,8 @@ class SlideWriter:
     # -- the end --------------------------------------------------------------------------
     def finish(self) -> dict[str, Path]:
         """Close the files, build the pyramid and metadata, and rename every output into place."""
+        for canvas in self._canvases.values():
+            canvas.flush()
         for fmt, f in self._files.items():
             f.close()
         self._files = {}
@@ -307,7 +351,15 @@ class SlideWriter:
         return written
 
     def close(self) -> None:
-        """Close the open files and leave the partial folder for a later run to resume."""
+        """Store the label image chunks held, journal the tiles now whole, close the open files, and
+        leave the partial folder for a later run to resume."""
+        try:
+            for canvas in self._canvases.values():
+                canvas.flush()
+            self._journal_stored()
+        except OSError as error:  # the disk failing: what is journaled is whole, the rest is done again
+            log.warning("%s: the label images could not all be stored (%s); a resumed run redoes those tiles",
+                        self.work, error)
         for f in self._files.values():
             with contextlib.suppress(OSError):
                 f.close()
@@ -388,14 +440,11 @@ def _gzip(path: Path) -> Path:
     return target
 
 
-def _csv_value(value) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "" if math.isnan(value) else repr(float(value))
-    if isinstance(value, str):
-        buffer = __import__("io").StringIO()
-        csv.writer(buffer).writerow([value])
-        return buffer.getvalue().rstrip("\r\n")
-    return str(int(value))
+def _table_row(r: dict) -> list:
+    """A record as the table's row (`table_columns`): no score is an empty field."""
+    score = None if math.isnan(r["score"]) else r["score"]
+    return ([r["gid"], r["label"], r["class"], r["voxels"], r["size_mm"], r["size_um"]]
+            + r["centroid"] + r["centroid_level0"] + r["low"] + r["stop"] + [score])
 
 
 def run_fingerprint(*parts: object) -> str:
