@@ -191,27 +191,46 @@ def _has_tissue(tissue: tuple[np.ndarray, float | Sequence[float]], box: tuple[s
 def read_tile(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
     """The pixels of `tile`'s read box on the working grid, `(channels, *tile.shape)` float32.
 
-    Read from `grid.level` by region and resampled bilinearly (pixel centres mapped exactly) when
-    the level's pixel size is not the working one; a tile at the working size is read as is."""
-    level = slide.levels[grid.level]
-    ratio = [s / d for s, d in zip(grid.scale, level.downsample)]  # working px -> level px
-    if all(abs(r - 1.0) < 1e-9 for r in ratio):
-        pixels = slide.read(tile.box, grid.level)
-        return np.moveaxis(pixels, -1, 0).astype(np.float32, copy=False)
-    # level coordinate of working pixel centre i: (i + 0.5) * r - 0.5
-    lo = [max(int(math.floor((b.start + 0.5) * r - 0.5)), 0) for b, r in zip(tile.box, ratio)]
-    hi = [min(int(math.ceil((b.stop - 0.5) * r - 0.5)) + 1, n) for b, r, n in zip(tile.box, ratio, level.shape)]
-    hi = [max(h, l + 1) for l, h in zip(lo, hi)]
-    pixels = slide.read(tuple(slice(l, h) for l, h in zip(lo, hi)), grid.level)
-    source = torch.from_numpy(np.moveaxis(pixels, -1, 0).astype(np.float32))[None]
+    Read from `grid.level` by region (`read_source`) and resampled bilinearly (pixel centres mapped
+    exactly, `to_working`) when the level's pixel size is not the working one."""
+    return to_working(read_source(slide, grid, tile), slide, grid, tile)
+
+
+def read_source(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
+    """The pixels of `grid.level` that `tile`'s read box needs, `(channels, *spatial)` float32: no
+    PyTorch here: reader threads run it (see `infer.read_ahead`)."""
+    box, _ = _source_box(slide, grid, tile)
+    return np.moveaxis(slide.read(box, grid.level), -1, 0).astype(np.float32, copy=False)
+
+
+def to_working(pixels: np.ndarray, slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
+    """`read_source`'s pixels resampled onto the tile's read box of the working grid (as they are when
+    the level is at the working pixel size)."""
+    box, ratio = _source_box(slide, grid, tile)
+    if ratio is None:
+        return pixels
+    source = torch.from_numpy(np.ascontiguousarray(pixels))[None]
     axes = []
-    for b, r, l, h in zip(tile.box, ratio, lo, hi):
-        centre = (torch.arange(b.start, b.stop, dtype=torch.float64) + 0.5) * r - 0.5 - l
-        axes.append((2 * centre / max(h - l - 1, 1) - 1).float())
+    for b, r, s in zip(tile.box, ratio, box):
+        centre = (torch.arange(b.start, b.stop, dtype=torch.float64) + 0.5) * r - 0.5 - s.start
+        axes.append((2 * centre / max(s.stop - s.start - 1, 1) - 1).float())
     mesh = torch.meshgrid(*axes, indexing="ij")
     points = torch.from_numpy(xy_order(torch.stack(mesh, dim=-1).numpy()).copy())[None]  # grid_sample: x first
     sampled = F.grid_sample(source, points, mode="bilinear", padding_mode="border", align_corners=True)
     return sampled[0].numpy()
+
+
+def _source_box(slide: Slide, grid: TileGrid, tile: Tile) -> tuple[tuple[slice, ...], list[float] | None]:
+    """The box of `grid.level` under the tile's read box, and working px -> level px per axis (None: 1)."""
+    level = slide.levels[grid.level]
+    ratio = [s / d for s, d in zip(grid.scale, level.downsample)]
+    if all(abs(r - 1.0) < 1e-9 for r in ratio):
+        return tile.box, None
+    # level coordinate of working pixel centre i: (i + 0.5) * r - 0.5
+    lo = [max(int(math.floor((b.start + 0.5) * r - 0.5)), 0) for b, r in zip(tile.box, ratio)]
+    hi = [min(int(math.ceil((b.stop - 0.5) * r - 0.5)) + 1, n) for b, r, n in zip(tile.box, ratio, level.shape)]
+    hi = [max(h, l + 1) for l, h in zip(lo, hi)]
+    return tuple(slice(l, h) for l, h in zip(lo, hi)), ratio
 
 
 def in_bands(tiles: Sequence[Tile], width: int = BAND_PX) -> list[Tile]:
