@@ -49,6 +49,8 @@ class ChunkedCanvas:
     # -- which chunks -----------------------------------------------------------------------
     def keys(self, box: Box) -> Iterator[Key]:
         """The chunks a box (clipped to the canvas) overlaps."""
+        if any(max(b.start, 0) >= min(b.stop, n) for b, n in zip(box, self.shape)):
+            return iter(())
         ranges = [range(max(b.start, 0) // c, (min(b.stop, n) - 1) // c + 1) for b, c, n in zip(box, self.chunks, self.shape)]
         return itertools.product(*ranges)
 

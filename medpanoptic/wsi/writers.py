@@ -4,9 +4,9 @@
   (chunked; a multiscale pyramid built chunk by chunk with nearest downsampling; pixel size in
   micrometer; the semantic image's colours and names from the label set);
 - `geojson`: `<stem>.geojson` (or `.geojson.gz`), a QuPath-compatible FeatureCollection, one
-  Feature per instance: its contour Polygon in level-0 pixel coordinates (x = column, y = row,
-  pixel corners at integers), `objectType` "detection", `classification` {name, color},
-  `measurements` {"Area µm^2" (2D) | "Volume µm^3", "Score"};
+  Feature per instance: its contour Polygon traced on the pixel corners around it (`contours`),
+  in level-0 pixel coordinates (x = column, y = row, pixel corners at integers), `objectType`
+  "detection", `classification` {name, color}, `measurements` {"Area µm^2" (2D) | "Volume µm^3", "Score"};
 - `centroids`: `<stem>_centroids.geojson`, the same Features as Points, for millions of nuclei;
 - `table`: `<stem>_instances.csv`, `parquet`: `<stem>_instances.parquet` (row groups): the
   instance table's columns where they apply (`io.table`), units in the names.
@@ -15,7 +15,8 @@ Everything is written into `.<stem>.partial/` beside the outputs and renamed int
 end. That folder holds a journal of the finished tiles with the size each text file had after
 them: a killed run continues from the last finished tile (text files are cut back to it, zarr
 chunks are written whole by the store and a tile's merge can be repeated without changing
-anything, see `stitch`).
+anything, see `stitch`). Label image chunks wait in memory for the last tile that touches them
+(`canvas`); a tile is journaled only once all the chunks it wrote are stored.
 """
 
 from __future__ import annotations
