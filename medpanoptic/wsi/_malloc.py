@@ -8,9 +8,11 @@ thousands of tiles the arenas' free space fragments and the resident memory grow
 while Python's own allocations stay flat (tracemalloc). Measured with the truth as heads on a
 16k² phantom: 1602 MiB as it was; 1391 with two shared arenas set before the threads start;
 1253 with also a trim of the free pages; a lower mmap threshold instead (large blocks straight
-back to the system) reached 1180-1290 but cost 35-70% more post-processing time. It does not
-stop all of the growth: from 8k² to 32k² the peak still grows +32.9% (was +46.7%), about 0.1 MiB
-of native heap per tile that is not found yet.
+back to the system) reached 1180-1290 but cost 35-70% more post-processing time. From 8k² to
+32k² the peak grew +32.9% with these two; +22.6% once label image chunks were held by `canvas`
+(not read and written back through zarr for every tile), contours traced in one compiled pass and
+tiles pre-processed on the network's thread; +3.1% once the benchmark's oracle stopped building
+tables sized by the truth's slide-wide ids (`oracle.TruthHeads`), which was most of what was left.
 """
 
 from __future__ import annotations
