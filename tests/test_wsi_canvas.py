@@ -43,3 +43,13 @@ def test_overlapping_tiles_through_the_canvas_equal_direct_writes(tmp_path, capa
         assert len(keys) > 4 * 5 and canvas.reads > 0
     # every tile is reported stored by the chunks it wrote
     assert set().union(*(tiles for _, tiles in stored)) == set(range(len(boxes)))
+
+
+def test_the_chunks_held_cover_two_rows_of_a_band_within_the_budget():
+    from medpanoptic.wsi.canvas import HELD_BYTES, capacity_for
+
+    # 2D: 800² read boxes on 512² chunks, bands of 4096: 6 chunk rows x 11 columns, 66 MiB of int32
+    assert capacity_for((512, 512), (800, 800), 4096, 4) == 66
+    # 3D: a band's chunks would be gigabytes; the budget bounds them, but never below one read box
+    held = capacity_for((128, 128, 128), (192, 192, 192), 4096, 4)
+    assert held * 128**3 * 4 <= max(HELD_BYTES, 28 * 128**3 * 4) and held >= 3**3 + 1

@@ -5,7 +5,8 @@ nine tiles in 2D (27 in 3D). Read and written back through the store, every touc
 and re-encode it. `ChunkedCanvas` keeps a chunk decoded while tiles that will touch it are still
 to come (`expect` counts them) and encodes it when the last one is merged; a bound on the chunks
 held (`capacity`, least recently used first out) keeps memory flat whatever the slide's width:
-an evicted chunk is read back if a tile comes for it later.
+an evicted chunk is read back if a tile comes for it later (in 3D, where a band's chunks would
+not fit the bound, that is most of them: never more work than writing through the store).
 
 Chunks are written whole, and `on_flush` tells which tiles' merges have reached the store: the
 writer journals a tile only then, so a killed run never records a tile whose pixels were lost.
@@ -137,9 +138,17 @@ class ChunkedCanvas:
             self.on_flush(key, tiles)
 
 
-def capacity_for(chunks: Sequence[int], tile_shape: Sequence[int], band: int) -> int:
+HELD_BYTES = 128 << 20
+"""What one canvas may hold in decoded chunks (3D chunks are 128³: a band's worth would not fit)."""
+
+
+def capacity_for(chunks: Sequence[int], tile_shape: Sequence[int], band: int, itemsize: int,
+                 budget: int = HELD_BYTES) -> int:
     """Chunks to hold for tiles taken in bands `band` working pixels wide over the axes after the first
-    (`tiles.in_bands`): those under two rows of a band's read boxes, halos included."""
+    (`tiles.in_bands`): those under two rows of a band's read boxes, halos included, as far as
+    `budget` bytes allow; never fewer than one read box spans, plus one (its merge reads, then writes them)."""
     down = 2 * (math.ceil(tile_shape[0] / chunks[0]) + 1)
     across = [math.ceil((band + t) / c) + 1 for c, t in zip(chunks[1:], tile_shape[1:])]
-    return down * math.prod(across)
+    per_box = math.prod(math.ceil(t / c) + 1 for c, t in zip(chunks, tile_shape))
+    affordable = budget // (math.prod(chunks) * itemsize)
+    return max(per_box + 1, min(down * math.prod(across), affordable))

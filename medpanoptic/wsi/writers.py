@@ -183,9 +183,10 @@ class SlideWriter:
                 image = labels.create_group(name)
                 image.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
         root = zarr.open_group(str(path), mode="r+", zarr_format=2)
-        capacity = capacity_for(chunks, self.grid.tile_shape, BAND_PX)
-        self._canvases = {name: ChunkedCanvas(root[f"labels/{name}/0"], capacity, fresh, self._stored)
-                          for name in LABEL_NAMES}
+        arrays = {name: root[f"labels/{name}/0"] for name in LABEL_NAMES}
+        self._canvases = {name: ChunkedCanvas(array, capacity_for(chunks, self.grid.tile_shape, BAND_PX,
+                                                                  array.dtype.itemsize), fresh, self._stored)
+                          for name, array in arrays.items()}
         coming = [self._on_canvas(t.box) for t in self.grid.tiles if t.index not in self.done]
         for canvas in self._canvases.values():
             canvas.expect(coming)
