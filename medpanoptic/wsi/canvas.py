@@ -52,7 +52,8 @@ class ChunkedCanvas:
         """The chunks a box (clipped to the canvas) overlaps."""
         if any(max(b.start, 0) >= min(b.stop, n) for b, n in zip(box, self.shape)):
             return iter(())
-        ranges = [range(max(b.start, 0) // c, (min(b.stop, n) - 1) // c + 1) for b, c, n in zip(box, self.chunks, self.shape)]
+        ranges = [range(max(b.start, 0) // c, (min(b.stop, n) - 1) // c + 1)
+                  for b, c, n in zip(box, self.chunks, self.shape)]
         return itertools.product(*ranges)
 
     def _chunk_box(self, key: Key) -> Box:

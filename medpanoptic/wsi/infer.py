@@ -2,12 +2,13 @@
 
     run = segment_slide(open_slide("slide.tif"), "nuclei_panoptic_2d", "out/", ("geojson", "zarr", "table"))
 
-Tiles are read on worker threads into a bounded queue, resampled and pre-processed on this one,
-pinned when the device is CUDA; batches of tiles go through the bundle's own inferer and network (AMP on CUDA);
-each tile's heads are grouped on the device with `group_instances`; `stitch.own_instances` keeps
-the instances whose centre lies in the tile's core, and the `SlideWriter` merges and streams them
-out on a thread of its own, while the next batch is on the device. With `scheduler=ADDRESS` the
-batches are mapped on a `dask.distributed` cluster instead and only the stitching and writing stay here.
+Tiles are read on worker threads into a bounded queue, then resampled, pre-processed (and pinned
+when the device is CUDA) on the network's thread; batches of tiles go through the bundle's own
+inferer and network (AMP on CUDA); each tile's heads are grouped on the device with
+`group_instances`; `stitch.own_instances` keeps the instances whose centre lies in the tile's
+core, and the `SlideWriter` merges and streams them out on a thread of its own, while the next
+batch is on the device. With `scheduler=ADDRESS` the batches are mapped on a `dask.distributed`
+cluster instead and only the stitching and writing stay here.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Stitching: the instances of overlapping tiles become one instance map over the slide.
 
 An instance belongs to the tile whose core holds its centre (the member pixel nearest its
-centroid, as `postprocess.instance_centres` defines it, in working-grid pixels). The halo is at least the largest
-instance, so the owner sees all of it; neighbours see the same instance, but do not own it. The
-owner writes all of its pixels, also those in a neighbour's core; the merge rule makes the result
-independent of the order the tiles arrive in (and a tile written twice, after a resumed run,
-changes nothing):
+centroid in working-grid pixels, as `postprocess.instance_centres` defines it). The halo is at
+least the largest instance, so the owner sees all of it; neighbours see the same instance, but do
+not own it. The owner writes all of its pixels, also those in a neighbour's core; the merge rule
+makes the result independent of the order the tiles arrive in (and a tile written twice, after a
+resumed run, changes nothing):
 
 - in a tile's core, its own instances win; elsewhere in the core a pixel already claimed by an
   instance of another tile is kept, and the rest gets the tile's stuff label (or background where

@@ -197,8 +197,8 @@ def read_tile(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
 
 
 def read_source(slide: Slide, grid: TileGrid, tile: Tile) -> np.ndarray:
-    """The pixels of `grid.level` that `tile`'s read box needs, `(channels, *spatial)` float32: no
-    PyTorch here: reader threads run it (see `infer.read_ahead`)."""
+    """The pixels of `grid.level` that `tile`'s read box needs, `(channels, *spatial)` float32. It uses
+    no PyTorch, so that reader threads can run it (see `infer.read_ahead`)."""
     box, _ = _source_box(slide, grid, tile)
     return np.moveaxis(slide.read(box, grid.level), -1, 0).astype(np.float32, copy=False)
 
