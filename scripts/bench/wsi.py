@@ -11,11 +11,12 @@ On whole-slide phantoms (`medpanoptic phantom --wsi`: pyramidal OME-TIFF at 0.5 
    Printed: MPix/s of both, pipeline ÷ network pixel throughput (goal >= 0.9) and
    (grouping + stitching + writing) ÷ network time (goal <= 0.2);
 2. memory: each slide of `--sizes` segmented whole in a fresh process; its peak resident memory
-   (goal: flat within 15% from the smallest to the largest slide). `--heads truth` runs it with the
-   phantom's truth as the heads of a perfect network (`wsi.oracle`) instead of the bundle's
+   (goal: flat within 15% from the smallest to the largest slide). By default (`--heads truth`)
+   the phantom's truth gives the heads of a perfect network (`wsi.oracle`) instead of the bundle's
    network: the network's memory is one batch of tiles at any slide size, and on a CPU its
    ~1 s a tile makes a 32k² slide (about 4000 tissue tiles) hours long; everything else
    (read-ahead, grouping, stitching, the writers, the pyramid) runs as in a real run.
+   `--heads network` runs the bundle's network (on a GPU, or with smaller `--sizes`).
 
 `--busy N` runs everything beside N CPU-burning processes (see `load.py`).
 """
@@ -132,7 +133,7 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=0, help="background CPU-burning processes during the timings")
     parser.add_argument("--work", help="folder for the phantoms and outputs (default: a temporary one)")
     parser.add_argument("--only", choices=("throughput", "memory"), help="run one of the two parts")
-    parser.add_argument("--heads", choices=("network", "truth"), default="network",
+    parser.add_argument("--heads", choices=("network", "truth"), default="truth",
                         help="memory part: the bundle's network, or the phantom's truth as a perfect network's heads")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
