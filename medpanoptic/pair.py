@@ -234,7 +234,13 @@ def relabel_sequential(instance: np.ndarray) -> np.ndarray:
 
 
 def instance_ids(instance) -> np.ndarray:
-    """The instance ids (> 0) that have at least one voxel, ascending (one counting pass, not a sort)."""
+    """The instance ids (> 0) that have at least one voxel, ascending (one counting pass, not a sort).
+
+    A numpy array is counted by numpy: the slide writer's thread calls this, and a PyTorch operation
+    there would give that thread an OpenMP team of its own (see `wsi.infer.read_ahead`)."""
+    if isinstance(instance, np.ndarray):
+        values = instance.reshape(-1)
+        return np.flatnonzero(np.bincount(values)[1:]) + 1 if values.size else np.zeros(0, dtype=np.int64)
     values = torch.as_tensor(instance).as_subclass(torch.Tensor).reshape(-1)
     if values.numel() == 0:
         return np.zeros(0, dtype=np.int64)

@@ -319,7 +319,7 @@ def instance_centres(pair: torch.Tensor, affine) -> Centres:
 
     arr = np.asarray(pair.detach().cpu() if torch.is_tensor(pair) else pair)
     label, instance = arr[0], arr[1]
-    ids = present_ids(instance)
+    ids = instance_ids(instance)
     if ids.size == 0:
         return {}
     affine = np.asarray(affine, dtype=float)
@@ -328,16 +328,6 @@ def instance_centres(pair: torch.Tensor, affine) -> Centres:
     ras = voxel_to_ras(affine, centre)
     return {int(i): (int(label[tuple(c)]), tuple(float(v) for v in position))
             for i, c, position in zip(ids.tolist(), centre, ras)}
-
-
-def present_ids(instance: np.ndarray) -> np.ndarray:
-    """The sorted ids > 0 present in an instance map (without a sort where the ids are small)."""
-    top = int(instance.max()) if instance.size else 0
-    if top <= 0:
-        return np.zeros(0, np.int64)
-    if top <= 4 * instance.size:
-        return np.flatnonzero(np.bincount(instance.reshape(-1).clip(0), minlength=top + 1)[1:]) + 1
-    return np.unique(instance[instance > 0]).astype(np.int64)
 
 
 def restore_instances(pair: torch.Tensor, affine, centres: Centres,

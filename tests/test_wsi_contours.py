@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from medpanoptic._kernels import instance_summary
-from medpanoptic.postprocess import instance_centres, present_ids
+from medpanoptic.pair import instance_ids
+from medpanoptic.postprocess import instance_centres
 from medpanoptic.wsi.contours import outer_rings
 
 
@@ -28,7 +29,7 @@ def test_each_ring_bounds_the_largest_part_of_its_instance_with_holes_filled(see
     from shapely import affinity
 
     instance = _blobs(seed)
-    ids = present_ids(instance)
+    ids = instance_ids(instance)
     summary = instance_summary(np.zeros_like(instance), instance, ids, (1.0, 1.0))
     corners, offsets = outer_rings(instance, ids, summary["start"], summary["stop"])
     assert corners.dtype == np.int32 and offsets[-1] == len(corners)
@@ -80,7 +81,7 @@ def test_the_summary_and_the_centres_follow_their_definitions(shape, spacing):
         label = rng.integers(0, 4, size=shape).astype(np.uint8)
         pair = np.stack([label.astype(np.int32), instance])
         expected = _centres_by_numpy(pair, spacing)
-        ids = present_ids(instance)
+        ids = instance_ids(instance)
         summary = instance_summary(label, instance, ids, spacing)
         assert ids.tolist() == sorted(expected)
         for k, value in enumerate(ids.tolist()):
@@ -93,3 +94,15 @@ def test_the_summary_and_the_centres_follow_their_definitions(shape, spacing):
         affine = np.diag([*spacing, 1.0] if len(shape) == 3 else [*spacing, 1.0, 1.0])
         centres = instance_centres(pair, affine)
         assert {k: v[0] for k, v in centres.items()} == {k: v[0] for k, v in expected.items()}
+
+
+def test_instance_ids_counts_numpy_and_torch_alike():
+    """The writer's thread counts ids with numpy (no PyTorch thread team there); both agree."""
+    import torch
+
+    instance = _blobs(5)
+    instance[0, 0] = 40  # a gap in the ids
+    expected = np.unique(instance[instance > 0])
+    assert np.array_equal(instance_ids(instance), expected)
+    assert np.array_equal(instance_ids(torch.from_numpy(instance)), expected)
+    assert instance_ids(np.zeros((0, 3), np.int32)).size == 0

@@ -44,8 +44,7 @@ class ChunkedCanvas:
         self._dirty: dict[Key, set[int]] = {}  # chunk -> the tiles merged into it since it was last stored
         self._expected: dict[Key, int] = {}
         self._tile = -1
-        self.writes = 0
-        self.reads = 0
+        self.reads = 0  # chunks read back from the store (evicted, or a resumed run's)
 
     # -- which chunks -----------------------------------------------------------------------
     def keys(self, box: Box) -> Iterator[Key]:
@@ -134,7 +133,6 @@ class ChunkedCanvas:
         if held is not None and tiles:
             self.array[self._chunk_box(key)] = held
             self._stored.add(key)
-            self.writes += 1
         if tiles and self.on_flush is not None:
             self.on_flush(key, tiles)
 

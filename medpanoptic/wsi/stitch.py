@@ -25,8 +25,7 @@ import numpy as np
 
 from ..errors import PanopticError
 from ..labels import LabelSet
-from ..pair import PANOPTIC_DIVISOR
-from ..postprocess import present_ids
+from ..pair import PANOPTIC_DIVISOR, instance_ids
 from .tiles import Tile
 
 
@@ -85,7 +84,7 @@ def own_instances(tile: Tile, pair: np.ndarray, scores: dict[int, float], stride
     from .._kernels import instance_summary
 
     core = tile.core_in_box()
-    ids = present_ids(pair[1])
+    ids = instance_ids(pair[1])
     centre = instance_summary(pair[0], pair[1], ids, (1.0,) * len(core))["centre"]
     origin = np.array([b.start for b in tile.box])
     in_core = np.ones(len(ids), bool)
