@@ -265,6 +265,29 @@ def test_a_smaller_memory_budget_gives_a_smaller_patch_or_batch(nnunet_mr):
     assert small["estimated_memory_gb"] <= 0.3 < big["estimated_memory_gb"] + 1.0
 
 
+def test_a_plan_for_cpu_training_is_narrower_smaller_and_has_fixed_length_epochs(nnunet_mr, tmp_path):
+    from medpanoptic.planning.bundle import train_config
+    from medpanoptic.planning.fingerprint import dataset_fingerprint
+    from medpanoptic.planning.plan import CPU_PLAN, load_plan, make_plan, save_plan
+
+    ds = load_dataset(nnunet_mr)
+    fingerprint = dataset_fingerprint(ds, use_data_analyzer=False)
+    gpu, cpu = (make_plan(ds, fingerprint=fingerprint, device=d) for d in ("gpu", "cpu"))
+    g, c = ({k: v["value"] for k, v in p["decisions"].items()} for p in (gpu, cpu))
+    assert max(c["network"]["filters"]) == CPU_PLAN["max_filters"] < max(g["network"]["filters"])
+    assert c["network"]["filters"][0] == CPU_PLAN["base_filters"] < g["network"]["filters"][0]
+    assert c["network"]["strides"] == g["network"]["strides"]  # the topology still follows the spacing
+    assert c["estimated_memory_gb"] <= CPU_PLAN["memory_gb"] and np.prod(c["patch_size"]) <= np.prod(g["patch_size"])
+    assert c["steps_per_epoch"] == CPU_PLAN["steps_per_epoch"] and g["steps_per_epoch"] is None
+    assert "CPU" in cpu["decisions"]["network"]["reason"] and "CPU" in cpu["decisions"]["steps_per_epoch"]["reason"]
+    assert train_config(load_plan(save_plan(cpu, tmp_path / "cpu.json")))["steps_per_epoch"] == 50
+    with pytest.raises(ValueError, match="device must be one of"):
+        make_plan(ds, fingerprint=fingerprint, device="tpu")
+    cpu["decisions"]["steps_per_epoch"]["value"] = 0
+    with pytest.raises(InputError, match="steps_per_epoch must be a positive integer or null"):
+        load_plan(save_plan(cpu, tmp_path / "bad.json"))
+
+
 def test_the_smallest_budgets_keep_three_network_levels_or_are_refused_naming_the_dataset(nnunet_mr):
     """Was: 0.5 GB with 8 base filters shrank the patch to two levels and MONAI's DynUNet raised a bare
     ValueError; 0.3 GB planned an 8x8x8 patch (a fixed 0.5 GB overhead guess ate the budget)."""

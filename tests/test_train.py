@@ -230,6 +230,23 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(trained, plan, tmp
     assert {p.parent.name for p in (out / "cache").glob("*/*.pt")} == {"fold_0", "fold_1"}
 
 
+def test_fixed_length_epochs_draw_cases_with_replacement_and_resume_exactly(dataset, tmp_path):
+    """A CPU plan's `steps_per_epoch`: epochs of that many steps whatever the number of cases (two here,
+    drawn with replacement), and a run killed inside its second epoch resumes to the same weights."""
+    plan = write_plan(dataset, tmp_path / "plan.json", steps_per_epoch=3)
+    whole = train(plan, 0, out=tmp_path / "whole")
+    record = json.loads((whole / "models" / "fold_0" / "history.json").read_text())["epochs"]
+    assert [h["steps"] for h in record] == [3] * EPOCHS
+    with pytest.raises(KeyboardInterrupt):
+        train(plan, 0, out=tmp_path / "killed", handlers=[Kill(4)])
+    train(plan, 0, out=tmp_path / "killed", resume=True)
+    resumed, reference = (torch.load(p / "models" / "fold_0" / "checkpoint.pt", weights_only=True)
+                          for p in (tmp_path / "killed", whole))
+    assert resumed["trainer"]["iteration"] == reference["trainer"]["iteration"] == 3 * EPOCHS
+    for key, value in reference["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+
+
 def test_splits_put_things_in_every_validation_fold():
     names = [f"c{i}" for i in range(10)]
     things = [i in (2, 5, 9) for i in range(10)]

@@ -317,6 +317,7 @@ def train_config(plan: dict, seed: int = 0) -> dict:
         "max_epochs": int(decision(plan, "epochs")),
         "val_interval": 1,
         "batch_size": max(1, int(decision(plan, "batch_size")) // samples),
+        "steps_per_epoch": plan["decisions"].get("steps_per_epoch", {}).get("value"),  # plans before it: one pass
         "samples_per_case": samples,
         "thing_crop_ratio": 2,
         "zoom_prob": 0.5,
@@ -337,8 +338,13 @@ def train_config(plan: dict, seed: int = 0) -> dict:
             "augmentation": _augmentation(plan),
             "dataset": {"_target_": "CacheDataset", "data": "@train_datalist", "transform": "@train#preprocessing",
                         "cache_rate": 1.0, "num_workers": "@num_workers"},
+            # a plan's fixed-length epochs draw the cases with replacement (under torchrun, the
+            # distributed sampler shares one pass over them between the ranks instead)
+            "sampler": ("$None if @steps_per_epoch is None else torch.utils.data.RandomSampler(@train#dataset, "
+                        "replacement=True, num_samples=@steps_per_epoch * @batch_size)"),
             "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",
-                           "shuffle": True, "num_workers": "@num_workers"},
+                           "shuffle": "$@steps_per_epoch is None", "sampler": "@train#sampler",
+                           "num_workers": "@num_workers"},
             "inferer": {"_target_": "SimpleInferer"},
             "checkpoint": {"_target_": "medpanoptic.planning.train.TrainingCheckpoint", "ckpt_dir": "@ckpt_dir",
                            "network": "@network_def", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler",

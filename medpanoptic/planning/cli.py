@@ -57,9 +57,12 @@ def run_phantom_layout(args: argparse.Namespace) -> int:
 def configure_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset folder: MSD, nnU-Net v2 raw, or microscopy (images/, masks/)")
     p.add_argument("--out", required=True, help="the plan to write (JSON)")
-    p.add_argument("--gpu-memory-gb", type=float, default=24.0,
+    p.add_argument("--gpu-memory-gb", type=float,
                    help="memory (GB) one training step's tensors may take, on GPU or CPU alike; "
-                        "leave room for the CUDA context (default 24)")
+                        "leave room for the CUDA context (default 24; 0.5 with --device cpu)")
+    p.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
+                   help="what training will run on: 'cpu' plans a narrower network (16-128 filters), a patch of "
+                        "about 0.5 GB and epochs of 50 steps, which converge in CPU minutes to hours (default gpu)")
     p.add_argument("--things", help="thing classes by name, e.g. 'lesion,nodule' (overrides dataset.json's list)")
 
 
@@ -70,14 +73,15 @@ def run_plan(args: argparse.Namespace) -> int:
     from .fingerprint import dataset_fingerprint
     from .plan import make_plan, save_plan, summary_lines
 
-    if not args.gpu_memory_gb > 0:
+    if args.gpu_memory_gb is not None and not args.gpu_memory_gb > 0:
         raise MedPanopticError(f"--gpu-memory-gb must be positive, got {args.gpu_memory_gb}")
     dataset = load_dataset(args.dataset, things=args.things)
     problems = dataset_problems(dataset)
     if problems:  # the one place an error takes several lines: one per problem, by file
         print(f"medpanoptic: error: {dataset.root}: {format_problems(problems)}", file=sys.stderr)
         return 2
-    plan = make_plan(dataset, gpu_memory_gb=args.gpu_memory_gb, fingerprint=dataset_fingerprint(dataset))
+    plan = make_plan(dataset, gpu_memory_gb=args.gpu_memory_gb, fingerprint=dataset_fingerprint(dataset),
+                     device=args.device)
     path = save_plan(plan, Path(args.out))
     for line in summary_lines(plan):
         print(line)

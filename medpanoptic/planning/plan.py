@@ -117,6 +117,10 @@ def _value_problems(decisions: dict, dims: int, channels: int) -> list[str]:
     for key in ("sigma_mm", "nms_mm", "learning_rate"):
         if not isinstance(value[key], (int, float)) or not math.isfinite(value[key]) or value[key] <= 0:
             problems.append(f"{key} must be a positive number, got {value[key]!r}")
+    entry = decisions.get("steps_per_epoch")  # optional: plans before it pass over the cases once an epoch
+    steps = entry.get("value") if isinstance(entry, dict) else entry
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        problems.append(f"steps_per_epoch must be a positive integer or null, got {steps!r}")
     return problems
 
 
@@ -138,6 +142,12 @@ SHIPPED_CENTER_THRESHOLD = 0.3
 DEFAULT_LEARNING_RATE = 2e-3
 DEFAULT_EPOCHS = 300
 DEFAULT_SAMPLES_PER_CASE = 2
+DEVICES = ("gpu", "cpu")
+CPU_PLAN = {"memory_gb": 0.5, "base_filters": 16, "max_filters": 128, "steps_per_epoch": 50, "epochs": 40}
+"""What a plan for CPU training changes: on two to sixteen cores time, not memory, is the limit.
+nnU-Net's 32-320 filters over a patch filling 24 GB take seconds a step there; 16-128 filters over
+a patch of about 0.5 GB of tensors take about half a second on 2 cores, and epochs of a fixed 50
+steps keep the whole-case validation a small share of the time however few the cases."""
 
 
 def _decision(value, reason: str) -> dict:
@@ -148,18 +158,26 @@ def _mm(values) -> str:
     return "x".join(f"{v:.3g}" for v in values)
 
 
-def make_plan(dataset, gpu_memory_gb: float = 24.0, things=None, *, fingerprint: dict | None = None,
-              base_filters: int = 32, use_data_analyzer: bool = True) -> dict:
+def make_plan(dataset, gpu_memory_gb: float | None = None, things=None, *, fingerprint: dict | None = None,
+              base_filters: int | None = None, use_data_analyzer: bool = True, device: str = "gpu") -> dict:
     """The plan of a dataset (a `Dataset` or its root path): checked, fingerprinted, every decision with its reason.
 
-    `gpu_memory_gb` is the memory one training step may use; `things` overrides the declared
-    thing classes (root path only); `fingerprint` skips the reading (one made by
-    `dataset_fingerprint` for this dataset); `base_filters` is the first level's width (nnU-Net: 32).
+    `gpu_memory_gb` is the memory one training step may use (default 24, or 1 for `device="cpu"`);
+    `things` overrides the declared thing classes (root path only); `fingerprint` skips the
+    reading (one made by `dataset_fingerprint` for this dataset); `base_filters` is the first
+    level's width (nnU-Net: 32; 16 on CPU); `device` is what training will run on (`CPU_PLAN`).
     """
     from .check import check_dataset
     from .datasets import Dataset, load_dataset
     from .fingerprint import dataset_fingerprint
 
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    on_cpu = device == "cpu"
+    if gpu_memory_gb is None:
+        gpu_memory_gb = CPU_PLAN["memory_gb"] if on_cpu else 24.0
+    if base_filters is None:
+        base_filters = CPU_PLAN["base_filters"] if on_cpu else 32
     if not gpu_memory_gb > 0:
         raise ValueError(f"gpu_memory_gb must be positive, got {gpu_memory_gb}")
     if not isinstance(dataset, Dataset):
@@ -170,9 +188,10 @@ def make_plan(dataset, gpu_memory_gb: float = 24.0, things=None, *, fingerprint:
     spacing = target_spacing(fingerprint)
     decisions = {"target_spacing_mm": spacing,
                  "normalisation": normalisation(dataset, fingerprint)}
-    decisions.update(patch_batch_network(dataset, fingerprint, spacing["value"], gpu_memory_gb, base_filters))
+    decisions.update(patch_batch_network(dataset, fingerprint, spacing["value"], gpu_memory_gb, base_filters,
+                                         CPU_PLAN["max_filters"] if on_cpu else None))
     decisions.update(instance_decisions(dataset, fingerprint))
-    decisions.update(schedule(dataset, fingerprint))
+    decisions.update(schedule(dataset, fingerprint, device))
     return {
         "format": PLAN_FORMAT,
         "medpanoptic_version": __version__,
@@ -235,7 +254,7 @@ def _is_picture(dataset) -> bool:
 
 
 def patch_batch_network(dataset, fingerprint: dict, spacing: list[float], gpu_memory_gb: float,
-                        base_filters: int) -> dict:
+                        base_filters: int, max_filters: int | None = None) -> dict:
     """The largest patch (up to the median image at the target spacing) and batch that fit the memory budget."""
     from .memory import estimate_memory_gb, parameter_count
     from .topology import (
@@ -256,7 +275,7 @@ def patch_batch_network(dataset, fingerprint: dict, spacing: list[float], gpu_me
     grown = patch != list(median_shape)
     shrunk = False
     while True:
-        network = plan_topology(spacing, patch, base_filters)
+        network = plan_topology(spacing, patch, base_filters, max_filters)
         patch = fit_patch(patch, network["strides"])
         params = parameter_count(dims, in_channels, n_classes, network)
         memory = estimate_memory_gb(patch, 2, network, dims, in_channels, n_classes, parameters=params)
@@ -293,7 +312,8 @@ def patch_batch_network(dataset, fingerprint: dict, spacing: list[float], gpu_me
                      f"{len(network['filters'])} levels, {params:,} parameters with AdamW, float32, plus "
                      "allocator slack; the peak of the step's tensors, on GPU or CPU alike (a GPU's CUDA context "
                      "is outside it); checked against a measured forward/backward (tests)")
-    network_reason = (f"{len(network['filters'])} levels: stride 2 only on axes within 2x of the finest spacing with room "
+    width = "" if max_filters is None else f"filters {base_filters}-{max_filters} for training on CPU (planning.plan.CPU_PLAN); "
+    network_reason = (f"{width}{len(network['filters'])} levels: stride 2 only on axes within 2x of the finest spacing with room "
                       f"for {MIN_FEATURE_MAP} voxels after halving, kernel 1 on axes still >2x coarser (nnU-Net's rule for DynUNet); "
                       f"strides {network['strides']}")
     return {"patch_size": _decision([int(p) for p in patch], patch_reason),
@@ -356,15 +376,24 @@ def resampling_augmentation(nominal: bool) -> dict:
                             "factor, so the network also sees blurred and down-up resampled pictures")
 
 
-def schedule(dataset, fingerprint: dict) -> dict:
-    """Folds (every validation fold must hold things), epochs, learning rate, crops per case."""
+def schedule(dataset, fingerprint: dict, device: str = "gpu") -> dict:
+    """Folds (every validation fold must hold things), epochs and their length, learning rate, crops per case."""
     with_things = int(fingerprint.get("cases_with_things", len(dataset.cases)))
     folds = min(5, with_things) if with_things >= 2 else 1
     fold_reason = ("5-fold cross-validation" if folds == 5 else
                    f"{folds} fold(s): only {with_things} case(s) hold things, and every validation fold needs one")
     return {
         "folds": _decision(folds, fold_reason + f" ({len(dataset.cases)} cases)"),
-        "epochs": _decision(DEFAULT_EPOCHS, "default schedule (cosine decay); `medpanoptic train --epochs` overrides"),
+        "epochs": (_decision(CPU_PLAN["epochs"], f"CPU schedule: {CPU_PLAN['epochs']} x {CPU_PLAN['steps_per_epoch']} steps "
+                                                 "(cosine decay), about 15 minutes of 2 cores for a small network; "
+                                                 "`medpanoptic train --epochs` overrides")
+                   if device == "cpu" else
+                   _decision(DEFAULT_EPOCHS, "default schedule (cosine decay); `medpanoptic train --epochs` overrides")),
+        "steps_per_epoch": (_decision(CPU_PLAN["steps_per_epoch"], "CPU schedule: a fixed number of steps between "
+                                      "validations (drawn with replacement from the training cases, as nnU-Net's "
+                                      "250-step epochs), so that a small dataset's epochs are not a few steps each")
+                            if device == "cpu" else
+                            _decision(None, "one pass over the training cases' crops per epoch")),
         "learning_rate": _decision(DEFAULT_LEARNING_RATE, "AdamW at the shipped bundles' rate, with cosine decay"),
         "samples_per_case": _decision(DEFAULT_SAMPLES_PER_CASE, "random crops per loaded case and epoch, "
                                                                "centred on things at 2:1 (as the shipped bundles)"),
@@ -389,5 +418,7 @@ def summary_lines(plan: Mapping) -> list[str]:
         f"network:     DynUNet, {len(net['filters'])} levels, filters {net['filters']}, strides {net['strides']}",
         (f"instances:   sigma {value['sigma_mm']:.3g} mm, NMS {value['nms_mm']:.3g} mm, "
          f"min size {value['min_size_mm']:.3g} {unit}, scale augmentation {value['scale_augmentation']}"),
-        f"training:    {value['folds']} fold(s), {value['epochs']} epochs, learning rate {value['learning_rate']:g}",
+        (f"training:    {value['folds']} fold(s), {value['epochs']} epochs"
+         + (f" of {value['steps_per_epoch']} steps" if value.get("steps_per_epoch") else "")
+         + f", learning rate {value['learning_rate']:g}"),
     ]

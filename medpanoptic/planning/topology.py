@@ -20,8 +20,10 @@ MAX_DOWNSAMPLINGS = {2: 6, 3: 5}
 MAX_FILTERS = {2: 512, 3: 320}
 
 
-def plan_topology(spacing: Sequence[float], patch: Sequence[int], base_filters: int = 32) -> dict:
-    """{"backbone", "filters", "kernel_size", "strides"} for a patch of `patch` voxels at `spacing` mm."""
+def plan_topology(spacing: Sequence[float], patch: Sequence[int], base_filters: int = 32,
+                  max_filters: int | None = None) -> dict:
+    """{"backbone", "filters", "kernel_size", "strides"} for a patch of `patch` voxels at `spacing` mm
+    (`max_filters`: the widest level, nnU-Net's 320 in 3D and 512 in 2D by default)."""
     dims = len(spacing)
     current = np.asarray(spacing, dtype=float)
     size = np.asarray(patch, dtype=float)
@@ -37,7 +39,8 @@ def plan_topology(spacing: Sequence[float], patch: Sequence[int], base_filters: 
         size = size / stride
         strides.append(stride.astype(int).tolist())
         kernels.append(np.maximum(_kernel(current), kernels[-1]).tolist())
-    filters = [min(base_filters * 2**level, MAX_FILTERS[dims]) for level in range(len(strides))]
+    widest = MAX_FILTERS[dims] if max_filters is None else max_filters
+    filters = [min(base_filters * 2**level, widest) for level in range(len(strides))]
     return {"backbone": "dynunet", "filters": filters, "kernel_size": [list(map(int, k)) for k in kernels],
             "strides": strides}
 

@@ -284,7 +284,8 @@ class TrainingCheckpoint:
         log.info("resumed %s at epoch %d", self.ckpt_dir, engine.state.epoch)
 
     def save(self, engine) -> None:
-        record = {"epoch": engine.state.epoch, "loss": float(np.mean(self._losses)) if self._losses else float("nan")}
+        record = {"epoch": engine.state.epoch, "steps": len(self._losses),
+                  "loss": float(np.mean(self._losses)) if self._losses else float("nan")}
         validated = self.validator is not None and self.validator.state.epoch == engine.state.epoch
         if validated:
             metrics = self.validator.state.metrics

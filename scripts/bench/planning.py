@@ -1,7 +1,7 @@
 """Benchmark: the planned bundle against the shipped bundles' hand-tuned recipe, same data, same budget.
 
     python scripts/bench/planning.py [--geometries ct,mr,nuclei_large] [--train-cases 8] [--test-cases 4]
-                                     [--epochs 20] [--fold 0] [--work DIR] [--busy N]
+                                     [--epochs 20] [--device cpu|gpu] [--fold 0] [--work DIR] [--busy N]
     python scripts/bench/planning.py --smoke     # the smallest setting (1 epoch, 1 GB plan): checks that it runs
 
 Three phantom datasets (`planning.phantoms.PRESETS`), each in the layout its users have:
@@ -16,14 +16,16 @@ Per geometry, two bundles are trained by the same path (`medpanoptic.planning.tr
 fold, `--epochs` epochs each: the budget, in epochs over the same training cases; the wall
 seconds of each side are printed beside it):
 
-- **planned**: `make_plan` on the dataset, as `medpanoptic plan` writes it, post-processing tuned
-  on the fold's out-of-fold outputs by training;
+- **planned**: `make_plan` on the dataset, as `medpanoptic plan --device D` writes it (D: `cpu`
+  where no GPU is, so a CPU plan: narrower network, 50-step epochs), post-processing tuned on the
+  fold's out-of-fold outputs by training;
 - **hand-tuned**: the same plan with every decision replaced by the shipped bundle's own settings
   (its `train.json`: spacing, intensity window, patch, network, sigma, learning rate, crops per
   case; its `postprocess.json`: threshold, NMS, minimum size, votes), scored with the shipped
   post-processing. The input channels are the dataset's (the recipe cannot see a second channel
-  otherwise); the recipe has no scale augmentation. Its bundle after training's own tuning is a
-  third column, to tell the network's share from the post-processing's.
+  otherwise); the recipe has no scale augmentation. Its epochs are as long as the planned side's
+  (the same steps). Its bundle after training's own tuning is a third column, to tell the
+  network's share from the post-processing's.
 
 PQ_things of each on unseen phantoms (seeds the training never saw), on the source grid, summed
 over the test cases (dataset-level, as COCO). Goal: planned >= hand-tuned on each geometry, and
@@ -74,11 +76,11 @@ SETTINGS = {
 
 
 # -- the two recipes --------------------------------------------------------------------------
-def planned_plan(dataset: Path, gpu_memory_gb: float) -> dict:
-    """The plan `medpanoptic plan DATASET` writes."""
+def planned_plan(dataset: Path, gpu_memory_gb: float | None, device: str) -> dict:
+    """The plan `medpanoptic plan DATASET --device DEVICE` writes."""
     from medpanoptic.planning.plan import make_plan
 
-    return make_plan(dataset, gpu_memory_gb=gpu_memory_gb)
+    return make_plan(dataset, gpu_memory_gb=gpu_memory_gb, device=device)
 
 
 HAND_WRITTEN_NUCLEI = {
@@ -196,7 +198,7 @@ def run_setting(setting: Setting, args: argparse.Namespace, work: Path) -> dict:
 
     work.mkdir(parents=True, exist_ok=True)
     dataset = write_phantom_dataset(work / "dataset", setting.layout, args.train_cases, setting.geometry, seed=0)
-    plan = planned_plan(dataset, args.gpu_memory_gb)
+    plan = planned_plan(dataset, args.gpu_memory_gb, args.device)
     recipe = shipped_recipe(plan, setting.shipped)
     planned_bundle, planned_s = train_bundle(plan, work, "planned", args.fold, args.epochs)
     recipe_bundle, recipe_s = train_bundle(recipe, work, "hand_tuned", args.fold, args.epochs)
@@ -206,11 +208,15 @@ def run_setting(setting: Setting, args: argparse.Namespace, work: Path) -> dict:
         "hand_tuned": pq_things(recipe_bundle, setting, args.test_cases, _hand_written(setting.shipped)[1]),
         "hand_tuned_retuned": pq_things(recipe_bundle, setting, args.test_cases),
         "planned_s": planned_s, "hand_tuned_s": recipe_s,
+        "steps_per_epoch": plan["decisions"].get("steps_per_epoch", {}).get("value"),
     }
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
-    print(f"budget: {args.epochs} epoch(s) of fold {args.fold} on {args.train_cases} training phantoms per side; "
+    steps = rows[0].get("steps_per_epoch") if rows else None
+    length = f" of {steps} steps" if steps else " (one pass over the cases each)"
+    print(f"budget: {args.epochs} epoch(s){length} of fold {args.fold} on {args.train_cases} training phantoms per side "
+          f"({args.device} plan); "
           f"PQ_things on {args.test_cases} unseen phantoms per geometry, dataset level")
     print(f"{'geometry':14}{'layout':12}{'planned':>9}{'hand-tuned':>12}{'(retuned)':>11}{'ratio':>8}"
           f"{'planned s':>11}{'hand s':>9}{'  goal: planned >= hand-tuned and >= 0.85'}")
@@ -228,15 +234,19 @@ def main() -> None:
     parser.add_argument("--test-cases", type=int, default=4, help="unseen phantoms per geometry")
     parser.add_argument("--epochs", type=int, default=20, help="the budget: epochs per side")
     parser.add_argument("--fold", type=int, default=0, help="the fold trained on each side")
-    parser.add_argument("--gpu-memory-gb", type=float, help="memory budget given to the planner (default 24; --smoke: 1)")
+    parser.add_argument("--gpu-memory-gb", type=float, help="memory budget given to the planner (default: the plan's "
+                                                               "for the device, 24 GPU / 0.5 CPU; --smoke: 1)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), help="what the plans are for (default: gpu where CUDA is)")
     parser.add_argument("--work", help="folder for datasets and bundles (default: a temporary folder)")
     parser.add_argument("--smoke", action="store_true", help="the smallest setting (1 epoch, few cases): checks it runs")
     parser.add_argument("--busy", type=int, default=0, help="background CPU-burning processes during the run")
     args = parser.parse_args()
     if args.smoke:  # one epoch of small patches: minutes on a CPU
         args.train_cases, args.test_cases, args.epochs = 5, 1, 1
-    if args.gpu_memory_gb is None:
-        args.gpu_memory_gb = 1.0 if args.smoke else 24.0
+    if args.device is None:
+        args.device = "gpu" if torch.cuda.is_available() else "cpu"
+    if args.gpu_memory_gb is None and args.smoke:
+        args.gpu_memory_gb = 1.0
     names = [g.strip() for g in args.geometries.split(",") if g.strip()]
     unknown = [g for g in names if g not in SETTINGS]
     if unknown:
