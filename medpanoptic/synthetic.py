@@ -23,6 +23,8 @@ from .io.scan import make_meta_tensor
 from .labels import LabelSet, ct_lesion_labels, nuclei_labels
 
 
+SUPERSAMPLE = 4
+"""Points per pixel and axis at which the nuclei phantom images its nuclei (area coverage)."""
 HE_COLOURS = {0: (242.0, 240.0, 244.0), 1: (228.0, 150.0, 190.0), 2: (95.0, 60.0, 160.0)}
 """H&E-like RGB of glass (0), tissue (1) and nuclei (2) in the RGB nuclei phantoms (`wsi.phantom` too)."""
 
@@ -174,6 +176,21 @@ def _rasterize_things(blobs: list[_Blob], affine: np.ndarray, shape: Sequence[in
     return instance
 
 
+def _coverage(blobs: list[_Blob], affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float],
+              factor: int):
+    """The share of each pixel the nuclei cover, and a per-nucleus value averaged the same way
+    (`mean_of(values)`, values[0] for no nucleus), from `factor`^2 points a pixel."""
+    fine_shape = [int(n) * factor for n in shape]
+    fine_affine = grid_affine(fine_shape, [float(s) / factor for s in spacing])
+    fine_affine[:3, 3] = affine[:3, 3] + affine[:3, :2] @ np.full(2, (1.0 - factor) / (2.0 * factor))
+    ids = _rasterize_things(blobs, fine_affine, fine_shape)
+
+    def block_mean(values: np.ndarray) -> np.ndarray:
+        return values.reshape(shape[0], factor, shape[1], factor).mean(axis=(1, 3), dtype=np.float32)
+
+    return block_mean((ids > 0).astype(np.float32)), (lambda per_instance: block_mean(per_instance[ids]))
+
+
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox: float) -> np.ndarray:
     field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_vox, truncate=3.0)
     return field / (field.std() + 1e-8)
@@ -264,12 +281,19 @@ def nuclei_phantom(
     nucleus_radius_mm: tuple[float, float] = (0.003, 0.006),
     rgb: bool = False,
     seed: int = 0,
+    supersample: int = SUPERSAMPLE,
 ) -> Phantom:
     """A 2D microscopy-like phantom: tissue as stuff, nuclei as things (some touching).
 
     Single-channel images look like a nuclear stain in fluorescence (bright nuclei); with
     `rgb` they look like H&E (purple nuclei on pink tissue, white background). Spacing is in
     mm (0.5 µm per pixel by default).
+
+    The nuclei are imaged as optics do, before the sampling: a pixel on a nucleus's rim holds
+    the share of its area the nucleus covers (`supersample`^2 points a pixel), then the whole is
+    blurred. Drawn on the pixel grid itself (`supersample=1`), every edge is exactly one pixel's
+    edge, and a network trained on that loses ~0.04 PQ on the same nuclei resampled by 5%.
+    The truth is the pixels whose centre lies in a nucleus, as before.
     """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
@@ -289,21 +313,22 @@ def nuclei_phantom(
     instance = _rasterize_things(blobs, affine, shape)
     label = np.where(tissue, 1, 0).astype(np.int32)
     label[instance > 0] = 2
+    if supersample > 1:
+        cover, mean_of = _coverage(blobs, affine, shape, spacing, supersample)
+    else:
+        cover, mean_of = (instance > 0).astype(np.float32), (lambda per_instance: per_instance[instance])
 
     fine = _smooth_noise(rng, shape, 1.5)
     if rgb:
-        image = np.zeros((3,) + shape, dtype=np.float32)
-        for cls, rgb_value in HE_COLOURS.items():
-            m = label == cls
-            for c in range(3):
-                image[c][m] = rgb_value[c]
-        shade = np.array([1.0] + [0.8 + 0.2 * b.contrast for b in blobs], dtype=np.float32)
-        image *= shade[instance][None]
+        background = np.stack([np.where(tissue, HE_COLOURS[1][c], HE_COLOURS[0][c]) for c in range(3)])
+        shade = np.array([0.0] + [0.8 + 0.2 * b.contrast for b in blobs], dtype=np.float32)
+        nuclei = np.asarray(HE_COLOURS[2], dtype=np.float32)[:, None, None] * mean_of(shade)[None]
+        image = (nuclei + (1.0 - cover)[None] * background).astype(np.float32)
         image += 10.0 * fine[None] + rng.normal(0, 6.0, size=image.shape).astype(np.float32)
         image = np.clip(ndimage.gaussian_filter(image, (0, 0.7, 0.7)), 0, 255)
     else:
         brightness = np.array([0.0] + [200.0 * b.contrast for b in blobs], dtype=np.float32)
-        image = np.where(instance > 0, brightness[instance], np.where(tissue, 45.0, 12.0)).astype(np.float32)
+        image = (mean_of(brightness) + (1.0 - cover) * np.where(tissue, 45.0, 12.0)).astype(np.float32)
         image += 8.0 * fine
         image = ndimage.gaussian_filter(image, 0.7) + rng.normal(0, 8.0, size=shape).astype(np.float32)
         image = np.clip(image, 0, 255)[None]

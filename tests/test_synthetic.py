@@ -71,3 +71,28 @@ def test_lesion_volumes_are_in_requested_range():
     for s in instance_table(ph.pair, affine=ph.pair.affine.numpy()):
         r = (3 * s["volume_mm3"] / (4 * np.pi)) ** (1 / 3)
         assert 5.0 * 0.6 < r < 6.0 * 1.4
+
+
+def test_nuclei_are_imaged_by_area_coverage_before_sampling():
+    """Each pixel holds the share of its area a nucleus covers: a lone ellipse's coverage sums to its
+    analytic area, the rim holds partial values, and the coverage lies where the pixel-centre truth
+    does (same centroid: the fine points are centred on their pixels)."""
+    from medpanoptic.synthetic import _Blob, _coverage, _rasterize_things
+
+    spacing, shape = (0.0005, 0.0005), (64, 64)
+    affine = grid_affine(shape, spacing)
+    blob = _Blob(center=np.array([0.0013, -0.0021]), radii=np.array([0.0051, 0.0033]),
+                 rotation=np.array([[np.cos(0.4), -np.sin(0.4)], [np.sin(0.4), np.cos(0.4)]]), contrast=1.0)
+    area_px = np.pi * 0.0051 * 0.0033 / (spacing[0] * spacing[1])
+    cover, mean_of = _coverage([blob], affine, shape, spacing, 8)
+    assert abs(cover.sum() - area_px) / area_px < 0.005
+    rim = (cover > 0) & (cover < 1)
+    assert rim.sum() > 0.5 * np.sqrt(area_px) and np.allclose(mean_of(np.array([0.0, 2.0])), 2.0 * cover)
+    truth = _rasterize_things([blob], affine, shape) > 0
+    assert (cover[truth] >= 0.2).all() and (cover[~truth] <= 0.8).all()  # a centre inside: a pixel mostly covered
+    ii, jj = np.nonzero(truth)
+    centroid = np.array([(cover * np.arange(64)[:, None]).sum(), (cover * np.arange(64)[None, :]).sum()]) / cover.sum()
+    assert np.allclose(centroid, [ii.mean(), jj.mean()], atol=0.15)
+    hard = nuclei_phantom(n_nuclei=8, seed=3, supersample=1)
+    soft = nuclei_phantom(n_nuclei=8, seed=3)
+    assert torch.equal(hard.pair, soft.pair)  # the truth is the same: pixels whose centre lies in a nucleus

@@ -5,9 +5,9 @@ pixel's coordinates, tissue from a coarse random field sampled by interpolation,
 one list placed cell by cell. So the slide can be rendered tile by tile (with a small halo for
 the smoothing) in any order, without seams, and its truth matches it exactly.
 
-Nuclei look like `synthetic.nuclei_phantom(rgb=True)`'s (what the nuclei bundle was trained
-on): the same radii (3-6 µm, elongated up to 35 %), the same H&E colours, shading, texture,
-noise and blur. They are placed two or three per cell of a grid whose cell centres fall on every tile
+Nuclei look like `synthetic.nuclei_phantom(rgb=True, supersample=1)`'s: the same radii (3-6 µm,
+elongated up to 35 %), the same H&E colours, shading, texture, noise and blur, drawn on the pixel
+grid itself rather than by area coverage (16 points a pixel would make a slide 16x as slow). They are placed two or three per cell of a grid whose cell centres fall on every tile
 corner and tile-border midpoint; those cells always hold a nucleus centred exactly there, so
 every tiling by a multiple of the tile size cuts nuclei in two and in four. Touching pairs
 share a cell.
