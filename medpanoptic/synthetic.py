@@ -177,13 +177,17 @@ def _rasterize_things(blobs: list[_Blob], affine: np.ndarray, shape: Sequence[in
 
 
 def _coverage(blobs: list[_Blob], affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float],
-              factor: int):
+              factor: int, instance: np.ndarray | None = None):
     """The share of each pixel the nuclei cover, and a per-nucleus value averaged the same way
-    (`mean_of(values)`, values[0] for no nucleus), from `factor`^2 points a pixel."""
-    fine_shape = [int(n) * factor for n in shape]
-    fine_affine = grid_affine(fine_shape, [float(s) / factor for s in spacing])
-    fine_affine[:3, 3] = affine[:3, 3] + affine[:3, :2] @ np.full(2, (1.0 - factor) / (2.0 * factor))
-    ids = _rasterize_things(blobs, fine_affine, fine_shape)
+    (`mean_of(values)`, values[0] for no nucleus), from `factor`^2 points a pixel (`instance`: the
+    pixel-centre rasterisation, which is the answer at factor 1)."""
+    if factor == 1 and instance is not None:
+        ids = instance
+    else:
+        fine_shape = [int(n) * factor for n in shape]
+        fine_affine = grid_affine(fine_shape, [float(s) / factor for s in spacing])
+        fine_affine[:3, 3] = affine[:3, 3] + affine[:3, :2] @ np.full(2, (1.0 - factor) / (2.0 * factor))
+        ids = _rasterize_things(blobs, fine_affine, fine_shape)
 
     def block_mean(values: np.ndarray) -> np.ndarray:
         return values.reshape(shape[0], factor, shape[1], factor).mean(axis=(1, 3), dtype=np.float32)
@@ -313,10 +317,7 @@ def nuclei_phantom(
     instance = _rasterize_things(blobs, affine, shape)
     label = np.where(tissue, 1, 0).astype(np.int32)
     label[instance > 0] = 2
-    if supersample > 1:
-        cover, mean_of = _coverage(blobs, affine, shape, spacing, supersample)
-    else:
-        cover, mean_of = (instance > 0).astype(np.float32), (lambda per_instance: per_instance[instance])
+    cover, mean_of = _coverage(blobs, affine, shape, spacing, supersample, instance)
 
     fine = _smooth_noise(rng, shape, 1.5)
     if rgb:

@@ -162,7 +162,7 @@ def make_plan(dataset, gpu_memory_gb: float | None = None, things=None, *, finge
               base_filters: int | None = None, use_data_analyzer: bool = True, device: str = "gpu") -> dict:
     """The plan of a dataset (a `Dataset` or its root path): checked, fingerprinted, every decision with its reason.
 
-    `gpu_memory_gb` is the memory one training step may use (default 24, or 1 for `device="cpu"`);
+    `gpu_memory_gb` is the memory one training step may use (default 24, or 0.5 for `device="cpu"`);
     `things` overrides the declared thing classes (root path only); `fingerprint` skips the
     reading (one made by `dataset_fingerprint` for this dataset); `base_filters` is the first
     level's width (nnU-Net: 32; 16 on CPU); `device` is what training will run on (`CPU_PLAN`).
@@ -382,18 +382,21 @@ def schedule(dataset, fingerprint: dict, device: str = "gpu") -> dict:
     folds = min(5, with_things) if with_things >= 2 else 1
     fold_reason = ("5-fold cross-validation" if folds == 5 else
                    f"{folds} fold(s): only {with_things} case(s) hold things, and every validation fold needs one")
+    if device == "cpu":
+        epochs = _decision(CPU_PLAN["epochs"], f"CPU schedule: {CPU_PLAN['epochs']} x {CPU_PLAN['steps_per_epoch']} "
+                                               "steps (cosine decay), about 20 minutes of 2 cores for a 48x64x32 3D "
+                                               "patch; `medpanoptic train --epochs` overrides")
+        steps = _decision(CPU_PLAN["steps_per_epoch"], "CPU schedule: a fixed number of steps between validations "
+                                                       "(drawn with replacement from the training cases, as nnU-Net's "
+                                                       "250-step epochs), so that a small dataset's epochs are not a "
+                                                       "few steps each")
+    else:
+        epochs = _decision(DEFAULT_EPOCHS, "default schedule (cosine decay); `medpanoptic train --epochs` overrides")
+        steps = _decision(None, "one pass over the training cases' crops per epoch")
     return {
         "folds": _decision(folds, fold_reason + f" ({len(dataset.cases)} cases)"),
-        "epochs": (_decision(CPU_PLAN["epochs"], f"CPU schedule: {CPU_PLAN['epochs']} x {CPU_PLAN['steps_per_epoch']} steps "
-                                                 "(cosine decay), about 15 minutes of 2 cores for a small network; "
-                                                 "`medpanoptic train --epochs` overrides")
-                   if device == "cpu" else
-                   _decision(DEFAULT_EPOCHS, "default schedule (cosine decay); `medpanoptic train --epochs` overrides")),
-        "steps_per_epoch": (_decision(CPU_PLAN["steps_per_epoch"], "CPU schedule: a fixed number of steps between "
-                                      "validations (drawn with replacement from the training cases, as nnU-Net's "
-                                      "250-step epochs), so that a small dataset's epochs are not a few steps each")
-                            if device == "cpu" else
-                            _decision(None, "one pass over the training cases' crops per epoch")),
+        "epochs": epochs,
+        "steps_per_epoch": steps,
         "learning_rate": _decision(DEFAULT_LEARNING_RATE, "AdamW at the shipped bundles' rate, with cosine decay"),
         "samples_per_case": _decision(DEFAULT_SAMPLES_PER_CASE, "random crops per loaded case and epoch, "
                                                                "centred on things at 2:1 (as the shipped bundles)"),
