@@ -126,6 +126,20 @@ def test_loadcased_refuses_a_label_off_the_image_grid_naming_both_files(tmp_path
         LoadCased(label_set=ds.label_set, root=root)(ds.cases[0])
 
 
+def test_the_ct_window_is_widened_to_the_things_so_hyperdense_lesions_are_not_clipped(msd_oblique):
+    """The foreground is mostly body and liver: hyperdense lesions (+100 to +130 HU on a 90 HU liver)
+    lie above its 99.5th percentile, and nnU-Net's window alone would clip their rims away."""
+    from medpanoptic.planning.plan import make_plan
+
+    plan = make_plan(msd_oblique, use_data_analyzer=False)
+    foreground, things = plan["fingerprint"]["intensity"][0], plan["fingerprint"]["things_intensity"][0]
+    assert things["p99_5"] > foreground["p99_5"] + 30.0
+    decision = plan["decisions"]["normalisation"]
+    assert decision["value"][0]["clip"] == [min(foreground["p00_5"], things["p00_5"]), things["p99_5"]]
+    assert decision["value"][0]["mean"] == foreground["mean"]  # the z-score stays the foreground's
+    assert "so that no thing is clipped" in decision["reason"]
+
+
 def test_normalise_channels_ct_window_then_zscore_and_per_image_zscore():
     import torch
     from monai.data import MetaTensor

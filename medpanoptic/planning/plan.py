@@ -226,26 +226,46 @@ def target_spacing(fingerprint: dict) -> dict:
 def normalisation(dataset, fingerprint: dict) -> dict:
     """CT channels and pictures: the foreground's 0.5-99.5 percentile window then its z-score; others: per-image z-score."""
     rows, why = [], []
+    things = {t["channel"]: t for t in fingerprint.get("things_intensity", [])}  # fingerprints before it: none
     for stats in fingerprint["intensity"]:
         name = stats["channel"]
+        window, widened = _window(stats, things.get(name))
         is_ct = name.upper() == "CT" or (dataset.modality == "CT" and len(dataset.channels) == 1)
         if _is_picture(dataset):
-            rows.append({"channel": name, "scheme": "fixed", "clip": [stats["p00_5"], stats["p99_5"]],
+            rows.append({"channel": name, "scheme": "fixed", "clip": window,
                          "mean": stats["mean"], "std": max(stats["std"], 1e-6)})
             why.append(f"{name}: pictures are segmented tile by tile (whole slides), so every tile and image takes one "
-                       f"scale, the foreground's: window [{stats['p00_5']:.4g}, {stats['p99_5']:.4g}], z-score with "
+                       f"scale, the foreground's: window [{window[0]:.4g}, {window[1]:.4g}] (its 0.5-99.5 percentiles{widened}), z-score with "
                        f"mean {stats['mean']:.4g} and std {stats['std']:.4g} (a per-image z-score would stretch a "
                        "tile of glass into tissue)")
         elif is_ct:
-            rows.append({"channel": name, "scheme": "ct", "clip": [stats["p00_5"], stats["p99_5"]],
+            rows.append({"channel": name, "scheme": "ct", "clip": window,
                          "mean": stats["mean"], "std": max(stats["std"], 1e-6)})
-            why.append(f"{name}: CT values are physical (HU), so one window for all scans: the foreground's 0.5-99.5 "
-                       f"percentiles [{stats['p00_5']:.4g}, {stats['p99_5']:.4g}], then z-score with the foreground "
+            why.append(f"{name}: CT values are physical (HU), so one window for all scans, [{window[0]:.4g}, "
+                       f"{window[1]:.4g}]: the foreground's 0.5-99.5 percentiles{widened}, then z-score with the foreground "
                        f"mean {stats['mean']:.4g} and std {stats['std']:.4g}")
         else:
             rows.append({"channel": name, "scheme": "zscore", "clip": None, "mean": None, "std": None})
             why.append(f"{name}: {dataset.modality} intensities have no absolute unit, so each image is z-scored on its own")
     return _decision(rows, "; ".join(why) + f" (statistics: {fingerprint.get('intensity_source', 'direct')})")
+
+
+def _window(foreground: dict, things: dict | None) -> tuple[list[float], str]:
+    """The foreground's 0.5-99.5 percentile window, widened to the things' own where they lie outside it.
+
+    nnU-Net's window serves semantic segmentation, where the foreground is mostly the classes to
+    find. Here the things are a small share of it (lesions in a liver, nuclei in tissue): a
+    hyperdense lesion can lie wholly above the foreground's 99.5th percentile, and clipped there it
+    loses its rim (the partial-volume values that place its edge) and its contrast to a touching
+    neighbour."""
+    low, high = float(foreground["p00_5"]), float(foreground["p99_5"])
+    if not things:
+        return [low, high], ""
+    window = [min(low, float(things["p00_5"])), max(high, float(things["p99_5"]))]
+    if window == [low, high]:
+        return window, ""
+    return window, (f" [{low:.4g}, {high:.4g}] widened to the thing voxels' own 0.5-99.5 percentiles, so that "
+                    "no thing is clipped")
 
 
 def _is_picture(dataset) -> bool:
