@@ -55,6 +55,11 @@ def decision(plan: dict, name: str):
     return plan["decisions"][name]["value"]
 
 
+def optional_decision(plan: dict, name: str):
+    """The value of a decision that plans made before it lack (None there)."""
+    return plan["decisions"].get(name, {}).get("value")
+
+
 def bundle_name(plan: dict) -> str:
     from ..io.paths import safe_component
 
@@ -271,7 +276,7 @@ def _augmentation(plan: dict) -> list[dict]:
 def _resampling_augmentation(plan: dict) -> list[dict]:
     """The plan's blur and down-up resampling of the image alone (plans before it, or scans with a
     pixel size: none). Down by area, up by linear interpolation: as the scale estimate's rescaling."""
-    value = plan["decisions"].get("resampling_augmentation", {}).get("value")
+    value = optional_decision(plan, "resampling_augmentation")
     if not value:
         return []
     dims = _spatial_dims(plan)
@@ -317,12 +322,12 @@ def train_config(plan: dict, seed: int = 0) -> dict:
         "max_epochs": int(decision(plan, "epochs")),
         "val_interval": 1,
         "batch_size": max(1, int(decision(plan, "batch_size")) // samples),
-        "steps_per_epoch": plan["decisions"].get("steps_per_epoch", {}).get("value"),  # plans before it: one pass
+        "steps_per_epoch": optional_decision(plan, "steps_per_epoch"),  # None: one pass
         "samples_per_case": samples,
         "thing_crop_ratio": 2,
         "zoom_prob": 0.5,
         "sigma_mm": float(decision(plan, "sigma_mm")),
-        "sigma_fraction": plan["decisions"].get("sigma_fraction", {}).get("value"),  # plans before it: fixed sigma
+        "sigma_fraction": optional_decision(plan, "sigma_fraction"),  # None: a fixed sigma
         "center_loss_weight": 200.0,
         "offset_loss_weight": 0.01,
         "pretrained_ckpt": "",

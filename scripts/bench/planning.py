@@ -51,6 +51,7 @@ from load import busy_cores, describe  # noqa: E402
 
 from medpanoptic.metrics import panoptic_quality  # noqa: E402
 from medpanoptic.pair import integer_pair  # noqa: E402
+from medpanoptic.planning.bundle import optional_decision  # noqa: E402
 from medpanoptic.postprocess import PostprocessConfig  # noqa: E402
 from medpanoptic.segment import Segmenter, bundle_config, shipped_bundles  # noqa: E402
 from medpanoptic.transforms import PanopticPostprocess  # noqa: E402
@@ -208,7 +209,7 @@ def run_setting(setting: Setting, args: argparse.Namespace, work: Path) -> dict:
         "hand_tuned": pq_things(recipe_bundle, setting, args.test_cases, _hand_written(setting.shipped)[1]),
         "hand_tuned_retuned": pq_things(recipe_bundle, setting, args.test_cases),
         "planned_s": planned_s, "hand_tuned_s": recipe_s,
-        "steps_per_epoch": plan["decisions"].get("steps_per_epoch", {}).get("value"),
+        "steps_per_epoch": optional_decision(plan, "steps_per_epoch"),
     }
 
 
